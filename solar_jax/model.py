@@ -1,0 +1,329 @@
+"""Llama / Mistral decoder in Flax NNX, numerically matched to `transformers`.
+
+Einsum letters: B batch, T query length, S key length, D model width, N query heads,
+K kv heads, G = N // K, H head dim, F mlp width, V vocab, L layers.
+
+Weights keep Hugging Face's axis order (q: [N, H, D], o: [D, N, H], gate: [F, D]) so that
+import and export are reshapes, never transposes. Decoder layers are stacked: every layer
+tensor has a leading axis L (created with nnx.vmap, applied with lax.scan), which makes
+depth up-scaling a concat on axis 0 and merging a tree.map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from solar_jax.errors import SolarError
+from solar_jax.model_config import ModelConfig, rope_inv_freq
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+# Logical axes of every parameter, by path in the state tree: the single source that the
+# sharding rules map onto mesh axes.
+PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embed/embedding": ("vocab", "embed"),
+    "layers/attn_norm/scale": ("layers", "norm"),
+    "layers/attn/q": ("layers", "heads", "head_dim", "embed"),
+    "layers/attn/k": ("layers", "kv_heads", "head_dim", "embed"),
+    "layers/attn/v": ("layers", "kv_heads", "head_dim", "embed"),
+    "layers/attn/o": ("layers", "embed", "heads", "head_dim"),
+    "layers/mlp_norm/scale": ("layers", "norm"),
+    "layers/mlp/gate": ("layers", "mlp", "embed"),
+    "layers/mlp/up": ("layers", "mlp", "embed"),
+    "layers/mlp/down": ("layers", "embed", "mlp"),
+    "final_norm/scale": ("norm",),
+    "lm_head/embedding": ("vocab", "embed"),
+}
+
+
+def dtype_from_name(name: str) -> Any:
+    if name not in DTYPES:
+        raise SolarError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _init(rngs: nnx.Rngs, shape: tuple[int, ...]) -> jax.Array:
+    # transformers initialises Llama linear and embedding weights with N(0, 0.02).
+    return 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype: Any):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # As HF: normalise in float32, cast back to the compute dtype, then scale.
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+
+
+def rotary(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """HF rotate-half RoPE. x: [B, T, N, H]; sin, cos: [B, T, H/2] in float32."""
+    h2 = x.shape[-1] // 2
+    x1, x2 = x[..., :h2], x[..., h2:]
+    sin = sin[:, :, None, :].astype(x.dtype)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """positions [B, T] int -> (sin, cos) [B, T, H/2], float32 as HF computes them."""
+    inv_freq = jnp.asarray(rope_inv_freq(config))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def attention_mask(q_segments, kv_segments, q_index, kv_index, sliding_window: int | None):
+    """Boolean [B, 1, T, S]: same segment, causal by index, and inside the sliding window.
+
+    Segments are ints, 0 for padding; padding attends to padding, so no row is empty.
+    q_index [B, T] and kv_index [S] are absolute indices in the sequence (or cache), so
+    causality and the window follow HF (by index), while RoPE uses per-segment positions.
+    """
+    same = q_segments[:, :, None] == kv_segments[:, None, :]
+    causal = kv_index[None, None, :] <= q_index[:, :, None]
+    mask = same & causal
+    if sliding_window is not None:
+        mask &= kv_index[None, None, :] > q_index[:, :, None] - sliding_window
+    return mask[:, None, :, :]
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, dtype: Any, impl: str, rngs: nnx.Rngs):
+        d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        self.q = nnx.Param(_init(rngs, (n, h, d)))
+        self.k = nnx.Param(_init(rngs, (k, h, d)))
+        self.v = nnx.Param(_init(rngs, (k, h, d)))
+        self.o = nnx.Param(_init(rngs, (d, n, h)))
+        self.dtype, self.impl = dtype, impl
+
+    def __call__(self, x, sin, cos, mask, cache=None):
+        """x [B, T, D]; cache (k [B, S, K, H], v [B, S, K, H], index) or None."""
+        cast = lambda p: p[...].astype(self.dtype)
+        q = rotary(jnp.einsum("BTD,NHD->BTNH", x, cast(self.q)), sin, cos)
+        k = rotary(jnp.einsum("BTD,KHD->BTKH", x, cast(self.k)), sin, cos)
+        v = jnp.einsum("BTD,KHD->BTKH", x, cast(self.v))
+        new_cache = None
+        if cache is not None:
+            k_cache, v_cache, index = cache
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            new_cache = (k, v)
+        # GQA without repeating K/V: jax groups the N query heads over the K kv heads.
+        # Logits and softmax are float32 inside dot_product_attention.
+        out = jax.nn.dot_product_attention(
+            q, k.astype(self.dtype), v.astype(self.dtype), mask=mask,
+            implementation=None if self.impl == "cudnn" else "xla")
+        return jnp.einsum("BTNH,DNH->BTD", out, cast(self.o)), new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, dtype: Any, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate = nnx.Param(_init(rngs, (f, d)))
+        self.up = nnx.Param(_init(rngs, (f, d)))
+        self.down = nnx.Param(_init(rngs, (d, f)))
+        self.dtype = dtype
+
+    def __call__(self, x):
+        cast = lambda p: p[...].astype(self.dtype)
+        gate = jnp.einsum("BTD,FD->BTF", x, cast(self.gate))
+        up = jnp.einsum("BTD,FD->BTF", x, cast(self.up))
+        return jnp.einsum("BTF,DF->BTD", jax.nn.silu(gate) * up, cast(self.down))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, dtype: Any, impl: str, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.attn = Attention(config, dtype, impl, rngs)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, dtype, rngs)
+
+    def __call__(self, x, sin, cos, mask, cache=None):
+        h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, cache)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, new_cache
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }
+    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Position of each token inside its segment: [B, T] -> [B, T] (0 at each start)."""
+    t = jnp.arange(segment_ids.shape[1])[None, :]
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    start_index = jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+    return t - start_index
+
+
+class Transformer(nnx.Module):
+    """The decoder: embed -> L stacked layers -> norm -> logits (float32)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: str = "float32",
+                 remat: str = "none", attention_impl: str = "xla"):
+        if remat not in REMAT_POLICIES:
+            raise SolarError(f"unknown remat policy {remat!r}; known: {', '.join(REMAT_POLICIES)}")
+        if attention_impl not in ATTENTION_IMPLS:
+            raise SolarError(f"unknown attention_impl {attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
+        self.config = config
+        self.dtype_name, self.remat, self.attention_impl = dtype, remat, attention_impl
+        self.source_dir: str | None = None  # HF dir it came from: tokenizer files for export
+        compute = dtype_from_name(dtype)
+        self.embed = nnx.Embed(config.vocab_size, config.hidden_size, param_dtype=jnp.float32,
+                               dtype=compute, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(rngs):
+            return DecoderLayer(config, compute, attention_impl, rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, compute)
+        self.lm_head = None if config.tie_word_embeddings else nnx.Embed(
+            config.vocab_size, config.hidden_size, param_dtype=jnp.float32, dtype=compute,
+            embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+    @property
+    def options(self) -> dict[str, str]:
+        """Run options to rebuild an equivalent module around new params or a new config."""
+        return dict(dtype=self.dtype_name, remat=self.remat, attention_impl=self.attention_impl)
+
+    def __call__(self, tokens, positions=None, segment_ids=None):
+        """tokens int [B, T] -> logits float32 [B, T, V].
+
+        segment_ids [B, T]: documents of a packed row (1, 2, ...) and padding (0); attention
+        never crosses segments. positions [B, T]: default, the index inside each segment.
+        """
+        logits, _, _ = self.forward(tokens, positions, segment_ids)
+        return logits
+
+    def forward(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False):
+        """The full pass. cache: a dict from `init_cache` (decoding) or None (training).
+
+        Returns (logits [B, T, V], new cache or None, hidden states [L+1, B, T, D] or None).
+        """
+        b, t = tokens.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            positions = segment_positions(segment_ids)
+        if cache is None:
+            q_index = jnp.broadcast_to(jnp.arange(t), (b, t))
+            mask = attention_mask(segment_ids, segment_ids, q_index, jnp.arange(t), self.config.sliding_window)
+        else:
+            index = cache["index"]
+            kv_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
+            q_index = jnp.broadcast_to(index + jnp.arange(t), (b, t))
+            kv_index = jnp.arange(kv_segments.shape[1])
+            # Cache slots beyond index + T are in the future of every query: causality hides them.
+            mask = attention_mask(segment_ids, kv_segments, q_index, kv_index, self.config.sliding_window)
+        sin, cos = rope_tables(self.config, positions)
+        x = self.embed(tokens)
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(x, xs):
+            state, layer_cache = xs
+            layer = nnx.merge(graphdef, state)
+            x, new_layer_cache = layer(x, sin, cos, mask, layer_cache)
+            return x, (new_layer_cache, x if return_hidden else None)
+
+        layer_caches = None if cache is None else (cache["k"], cache["v"], jnp.broadcast_to(
+            cache["index"], (self.config.num_layers,)))
+        x_in = x
+        x, (new_kv, hidden) = jax.lax.scan(_remat(body, self.remat), x, (layer_state, layer_caches))
+        x = self.final_norm(x)
+        table = (self.embed if self.lm_head is None else self.lm_head).embedding[...]
+        logits = jnp.einsum("BTD,VD->BTV", x, table.astype(x.dtype), preferred_element_type=jnp.float32)
+        new_cache = None
+        if cache is not None:
+            new_cache = dict(k=new_kv[0], v=new_kv[1], segment_ids=kv_segments, index=cache["index"] + t)
+        if return_hidden:
+            hidden = jnp.concatenate([x_in[None], hidden], axis=0)
+        return logits, new_cache, hidden
+
+    def init_cache(self, batch: int, max_len: int, dtype: str | None = None) -> dict[str, jax.Array]:
+        """KV cache for decoding: k, v [L, B, S, K, H]; segment ids [B, S] (0 = empty)."""
+        c = self.config
+        dt = dtype_from_name(dtype or self.dtype_name)
+        shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+        return dict(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt),
+                    segment_ids=jnp.zeros((batch, max_len), jnp.int32), index=jnp.array(0, jnp.int32))
+
+
+def abstract_model(config: ModelConfig, **options) -> Transformer:
+    """The module with ShapeDtypeStructs in place of arrays: no memory, no random init."""
+    return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), **options))
+
+
+def model_from_params(config: ModelConfig, params: dict, **options) -> Transformer:
+    """Builds a Transformer around a pure-dict param tree (as `nnx.to_pure_dict` gives)."""
+    graphdef, state = nnx.split(abstract_model(config, **options))
+    expected = nnx.to_pure_dict(state)
+    got_paths = {"/".join(map(str, p)): v for p, v in _flatten(params)}
+    for path, leaf in _flatten(expected):
+        key = "/".join(map(str, path))
+        if key not in got_paths:
+            raise SolarError(f"missing parameter {key}")
+        if tuple(got_paths[key].shape) != tuple(leaf.shape):
+            raise SolarError(f"parameter {key} has shape {tuple(got_paths[key].shape)}, expected {tuple(leaf.shape)}")
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def param_dict(model: Transformer) -> dict:
+    """The params as a nested dict of arrays (no NNX wrappers)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _flatten(tree, prefix=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def flat_params(tree: dict) -> dict[str, Any]:
+    """{'layers/attn/q': array, ...} from a nested param dict."""
+    return {"/".join(map(str, p)): v for p, v in _flatten(tree)}
+
+
+def unflatten_params(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
+def logical_axes(path: str) -> tuple[str, ...]:
+    if path not in PARAM_AXES:
+        raise KeyError(f"no logical axes for parameter {path}")
+    return PARAM_AXES[path]
+
+
+def count_params(model: Transformer) -> int:
+    return sum(int(np.prod(v.shape)) for v in flat_params(param_dict(model)).values())
