@@ -1,0 +1,4 @@
+"""Benchmarks: solar_jax against its peer, measured in the same run, printed as ratios.
+
+    python -m solar_jax.bench convert [--repeats=3] [--model_dir=HF_DIR]
+"""
