@@ -162,13 +162,10 @@ def open_checkpoint(model_dir: str | Path) -> dict[str, Any]:
                      "or pytorch_model.bin)")
 
 
-def load_hf_params(model_dir: str | Path, config: ModelConfig,
-                   shardings: dict[str, jax.sharding.Sharding] | None = None) -> dict:
-    """Reads all weights into a float32 param tree, one param path at a time.
+def checked_checkpoint(model_dir: str | Path, config: ModelConfig) -> tuple[dict[str, Any], bool]:
+    """Opens a checkpoint and checks names and shapes against the key table (no weights read).
 
-    Everything is checked (names, shapes) before a byte of weights is read. Peak host
-    memory is the float32 model plus one stacked param. `shardings` maps param paths to
-    shardings to place them on a mesh as they are read.
+    Returns (tensor name -> reader, whether a redundant tied lm_head.weight is present).
     """
     sources = open_checkpoint(model_dir)
     table = key_table(config)
@@ -189,6 +186,19 @@ def load_hf_params(model_dir: str | Path, config: ModelConfig,
         if got != k.hf_shape:
             raise SolarError(f"tensor {k.hf_name} has shape {got}, expected {k.hf_shape} from config.json")
 
+    return sources, tied_copy
+
+
+def load_hf_params(model_dir: str | Path, config: ModelConfig,
+                   shardings: dict[str, jax.sharding.Sharding] | None = None) -> dict:
+    """Reads all weights into a float32 param tree, one param path at a time.
+
+    Everything is checked (names, shapes) before a byte of weights is read. Peak host
+    memory is the float32 model plus one stacked param. `shardings` maps param paths to
+    shardings to place them on a mesh as they are read.
+    """
+    sources, tied_copy = checked_checkpoint(model_dir, config)
+    table = key_table(config)
     by_param: dict[str, list[TensorKey]] = defaultdict(list)
     for k in table:
         by_param[k.param].append(k)

@@ -1,0 +1,23 @@
+"""Depth up-scaling of an HF dir, streamed tensor by tensor (SOLAR: n=32, m=8 -> 48 layers).
+
+  python -m solar_jax.upscale --config=configs/upscale.py \
+      --config.model_dir=HF_DIR --config.m=8 --config.output_dir=OUT
+  # other seams: --config.slices=0:24,8:32   (end exclusive; start:end@k takes models[k])
+  # plain duplication (2n layers):  --config.m=0
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    del arg
+    c = ml_collections.ConfigDict()
+    c.model_dir = ""
+    c.models = ""  # comma-separated HF dirs, for slices from several models (start:end@k)
+    c.m = 8  # layers dropped at the seam from each copy: s = 2(n - m)
+    c.slices = ""  # overrides m when set
+    c.output_dir = ""
+    c.dtype = ""  # empty keeps the input dtype
+    c.max_shard_size = "5GB"
+    c.overwrite = False
+    return c
