@@ -8,13 +8,28 @@
     sj.save_hf(model, "out_dir", dtype="bfloat16")
 """
 
-from solar_jax.errors import SolarError
-from solar_jax.generate import generate
-from solar_jax.hf import load_hf, save_hf
-from solar_jax.merge import merge
-from solar_jax.model import Transformer
-from solar_jax.model_config import ModelConfig
-from solar_jax.upscale import depth_up_scale
+import importlib
 
-__all__ = ["ModelConfig", "SolarError", "Transformer", "depth_up_scale", "generate", "load_hf", "merge",
-           "save_hf"]
+# Attributes load lazily (PEP 562): `python -m solar_jax.upscale` must not find its own
+# module already imported by the package, and commands import only what they use.
+_EXPORTS = {
+    "ModelConfig": "solar_jax.model_config",
+    "SolarError": "solar_jax.errors",
+    "Transformer": "solar_jax.model",
+    "depth_up_scale": "solar_jax.upscale",
+    "generate": "solar_jax.generate",
+    "load_hf": "solar_jax.hf",
+    "merge": "solar_jax.merge",
+    "save_hf": "solar_jax.hf",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'solar_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

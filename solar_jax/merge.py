@@ -414,6 +414,20 @@ def merge_hf(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dty
     return Path(output_dir)
 
 
+class _CallableModule(type(dataclasses)):
+    """`sj.merge(...)` must work even after `import solar_jax.merge` binds this module as the
+    package attribute `merge` (the command needs the module name): calling the module calls
+    `merge`."""
+
+    def __call__(self, *args, **kwargs):
+        return merge(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
+
+
 # ---- command line ----------------------------------------------------------------------------
 
 def _floats(text: str, what: str) -> list[float]:

@@ -1,0 +1,122 @@
+"""Depth up-scaling on param trees and streamed HF dirs."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import solar_jax as sj
+from solar_jax.errors import SolarError
+from solar_jax.upscale import Slice, parse_slices
+from tests.conftest import make_tiny_hf, run_command
+from tests.test_hf_io import hf_tensors
+
+
+@pytest.fixture(scope="module")
+def base4(tmp_path_factory):
+    """A 4-layer tiny Llama: n = 4, so m = 1 gives 6 layers."""
+    return make_tiny_hf("llama_gqa", tmp_path_factory.mktemp("base4"), num_hidden_layers=4)
+
+
+def test_upscaled_hf_dir_is_the_solar_construction(base4, tmp_path):
+    ref_model, src = base4
+    out = tmp_path / "up"
+    r = run_command("solar_jax.upscale", f"--config.model_dir={src}", "--config.m=1", f"--config.output_dir={out}")
+    assert r.returncode == 0, r.stderr
+    n, m = 4, 1
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2 * (n - m)
+    before, after = hf_tensors(src), hf_tensors(out)
+    for i in range(2 * (n - m)):
+        j = i if i < n - m else i - (n - 2 * m)  # layer i comes from base layer j
+        for suffix in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+            np.testing.assert_array_equal(after[f"model.layers.{i}.{suffix}"], before[f"model.layers.{j}.{suffix}"])
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(after[name], before[name])
+    deeper = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    ids = torch.tensor(np.random.RandomState(0).randint(0, 128, (2, 9)))
+    with torch.no_grad():
+        h_base = ref_model(ids, output_hidden_states=True).hidden_states
+        h_deep = deeper(ids, output_hidden_states=True).hidden_states
+    # After the first n - m layers the up-scaled model is exactly the base at that depth.
+    np.testing.assert_array_equal(h_deep[n - m].numpy(), h_base[n - m].numpy())
+    assert not np.allclose(h_deep[-1].numpy(), h_base[-1].numpy())
+
+
+def test_api_equals_streaming_command_and_hidden_states_match(base4, tmp_path):
+    _, src = base4
+    model = sj.load_hf(src)
+    deeper = sj.depth_up_scale(model, m=1)
+    assert deeper.config.num_layers == 6
+    streamed = sj.load_hf(sj.save_hf(deeper, tmp_path / "api"))
+    r = run_command("solar_jax.upscale", f"--config.model_dir={src}", "--config.m=1",
+                    f"--config.output_dir={tmp_path / 'cmd'}")
+    assert r.returncode == 0, r.stderr
+    a, b = hf_tensors(tmp_path / "api"), hf_tensors(tmp_path / "cmd")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    ids = jnp.asarray([[3, 1, 4, 1, 5, 9, 2, 6]], jnp.int32)
+    _, _, h_base = model.forward(ids, return_hidden=True)
+    _, _, h_deep = streamed.forward(ids, return_hidden=True)
+    np.testing.assert_array_equal(np.asarray(h_deep[3]), np.asarray(h_base[3]))
+
+
+def test_other_seams_and_several_models(base4, tmp_path):
+    _, src = base4
+    model = sj.load_hf(src)
+    twice = sj.depth_up_scale(model, m=0)  # plain duplication: 2n layers
+    assert twice.config.num_layers == 8
+    q = model.layers.attn.q[...]
+    np.testing.assert_array_equal(np.asarray(twice.layers.attn.q[...]), np.concatenate([q, q]))
+    custom = sj.depth_up_scale(model, slices="0:3,2:4")
+    np.testing.assert_array_equal(np.asarray(custom.layers.attn.q[...]), np.concatenate([q[0:3], q[2:4]]))
+    other, other_src = make_tiny_hf("llama_gqa", tmp_path / "other", seed=7, num_hidden_layers=4)
+    out = tmp_path / "two"
+    r = run_command("solar_jax.upscale", f"--config.models={src},{other_src}", "--config.slices=0:2@0,2:4@1",
+                    f"--config.output_dir={out}")
+    assert r.returncode == 0, r.stderr
+    t, a, b = hf_tensors(out), hf_tensors(src), hf_tensors(other_src)
+    np.testing.assert_array_equal(t["model.layers.1.mlp.up_proj.weight"], a["model.layers.1.mlp.up_proj.weight"])
+    np.testing.assert_array_equal(t["model.layers.3.mlp.up_proj.weight"], b["model.layers.3.mlp.up_proj.weight"])
+    np.testing.assert_array_equal(t["model.embed_tokens.weight"], a["model.embed_tokens.weight"])  # bottom
+    np.testing.assert_array_equal(t["lm_head.weight"], b["lm_head.weight"])  # top
+
+
+def test_streaming_keeps_the_input_dtype_and_yaml_passthrough(tmp_path):
+    _, src = make_tiny_hf("mistral_window", tmp_path / "bf16", dtype="bfloat16", num_hidden_layers=4)
+    (tmp_path / "up.yaml").write_text(
+        f"slices:\n  - sources:\n      - model: {src}\n        layer_range: [0, 3]\n"
+        f"  - sources:\n      - model: {src}\n        layer_range: [1, 4]\nmerge_method: passthrough\n")
+    r = run_command("solar_jax.merge", f"--yaml={tmp_path / 'up.yaml'}", f"--output_dir={tmp_path / 'y'}")
+    assert r.returncode == 0, r.stderr
+    r = run_command("solar_jax.upscale", f"--config.model_dir={src}", "--config.m=1", f"--config.output_dir={tmp_path / 'c'}")
+    assert r.returncode == 0, r.stderr
+    y, c = hf_tensors(tmp_path / "y"), hf_tensors(tmp_path / "c")
+    assert y.keys() == c.keys() and all(np.array_equal(y[k], c[k]) for k in y)
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert y["model.norm.weight"].dtype == np.int16  # bf16 bits, untouched
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--config.m=4"], "0 <= m < n"),
+    (["--config.m=-1"], "0 <= m < n"),
+    (["--config.slices=0:3,2:5"], "out of range"),
+    (["--config.slices=3:3"], "out of range"),
+    (["--config.slices=0-3"], "cannot read slice"),
+])
+def test_bad_up_scaling_input(base4, tmp_path, args, match):
+    out = tmp_path / "out"
+    r = run_command("solar_jax.upscale", f"--config.model_dir={base4[1]}", f"--config.output_dir={out}", *args)
+    assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_parse_slices_and_api_errors(base4):
+    assert parse_slices("0:24,8:32") == [Slice(0, 24), Slice(8, 32)]
+    assert parse_slices("0:2@1") == [Slice(0, 2, 1)]
+    model = sj.load_hf(base4[1])
+    with pytest.raises(SolarError, match="0 <= m < n"):
+        sj.depth_up_scale(model, m=4)
+    with pytest.raises(SolarError, match="exactly one"):
+        sj.depth_up_scale(model)
