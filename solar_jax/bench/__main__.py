@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("convert",)
+BENCHMARKS = ("convert", "upscale", "merge")
 
 
 def main() -> None:
