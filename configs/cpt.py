@@ -1,0 +1,65 @@
+"""Continued pretraining: SOLAR's recovery stage after depth up-scaling.
+
+  # CPU default (minutes): SmolLM2-135M-Instruct up-scaled 30 -> 44 layers (m=8), built-in corpus
+  python -m solar_jax.train --config=configs/cpt.py
+  # tiny random model with a byte tokenizer (tests, smoke runs: seconds)
+  python -m solar_jax.train --config=configs/cpt.py:tiny --config.workdir=/tmp/tiny
+  # SOLAR at pod scale: Mistral-7B weights -> 48 layers, bf16 compute, FSDP over the slice
+  python -m solar_jax.train --config=configs/cpt.py:solar --config.model_dir=MISTRAL_7B_HF \
+      --config.data.train_files='gs://bucket/corpus/*.jsonl' --config.workdir=gs://bucket/runs/solar-cpt
+"""
+
+from solar_jax.run_config import base_config
+
+VARIANTS = ("default", "tiny", "solar")
+
+
+def get_config(arg=None):
+    variant = arg or "default"
+    c = base_config()
+    c.workdir = "runs/cpt"
+    c.upscale_m = 8
+    c.num_steps = 60
+    c.batch_size = 4
+    c.seq_len = 128
+    c.learning_rate = 1e-4
+    c.warmup_steps = 6
+    c.checkpoint_every = 20
+    c.eval_every = 20
+    c.eval_batches = 8
+    if variant == "default":
+        pass
+    elif variant == "tiny":
+        c.model_preset = "tiny"
+        c.tokenizer = "bytes"
+        c.upscale_m = 1  # 4 -> 6 layers
+        c.workdir = "runs/cpt-tiny"
+        c.num_steps = 20
+        c.batch_size = 8
+        c.seq_len = 64
+        c.learning_rate = 3e-3
+        c.warmup_steps = 2
+        c.checkpoint_every = 10
+        c.eval_every = 10
+        c.eval_batches = 2
+    elif variant == "solar":
+        # SOLAR 10.7B: 32 -> 48 layers. Global batch 1024 x 4096 tokens = 4M tokens/step.
+        c.workdir = "runs/solar-cpt"
+        c.num_steps = 20000
+        c.batch_size = 1024
+        c.seq_len = 4096
+        c.learning_rate = 3e-5
+        c.warmup_steps = 500
+        c.dtype = "bfloat16"
+        c.remat = "dots_no_batch"
+        c.mesh.data = 1
+        c.mesh.fsdp = -1
+        c.checkpoint_every = 500
+        c.eval_every = 500
+        c.eval_batches = 16
+        c.data.num_threads = 16
+        c.data.prefetch = 128
+        c.export.dtype = "bfloat16"
+    else:
+        raise ValueError(f"unknown variant {variant!r}; known: default, tiny, solar")
+    return c

@@ -1,0 +1,260 @@
+"""Text data for continued pretraining: files -> documents -> tokens -> packed grain batches.
+
+Documents come from local .txt (paragraphs separated by blank lines), .jsonl (a text
+field per line) and .parquet (a text column) files, or from the built-in corpus (the Python
+docs in the standard library's pydoc_data). They are tokenized once, held out for eval by
+a seeded split, sharded by process, shuffled per epoch, and packed with grain's
+concat-then-split into rows of seq_len tokens with segment ids, so attention never crosses
+documents. `inputs` and `targets` (shifted by one) are packed together, so every row has
+complete targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from solar_jax.errors import SolarError
+
+BUILTIN = ("pydoc",)
+
+
+# ---- tokenizers -------------------------------------------------------------------------------
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocab 256, EOS = 0, no BOS): tests and tiny models."""
+
+    vocab_size = 256
+    bos_id = None
+    eos_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [b for b in text.encode("utf-8") if b != 0]
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i for i in ids if 0 < i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A local Hugging Face tokenizer (tokenizer.json or sentencepiece tokenizer.model)."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        try:
+            self._tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise SolarError(f"cannot load a tokenizer from {path} ({type(e).__name__})") from None
+        self.vocab_size = len(self._tok)
+        self.bos_id = self._tok.bos_token_id
+        self.eos_id = self._tok.eos_token_id
+        if self.eos_id is None:
+            raise SolarError(f"tokenizer in {path} has no EOS token")
+
+    @property
+    def hf(self):
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        # add_special_tokens follows the tokenizer's convention: Llama/Mistral prepend <s>,
+        # SmolLM2 adds nothing.
+        return self._tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids))
+
+
+def load_tokenizer(spec: str, model_dir: str | None = None):
+    """'bytes', a directory with tokenizer files, or '' for the model's own directory."""
+    if spec == "bytes":
+        return ByteTokenizer()
+    path = spec or model_dir
+    if not path:
+        raise SolarError("no tokenizer: set tokenizer (a directory, or 'bytes') or model_dir")
+    if not Path(path).is_dir():
+        raise SolarError(f"tokenizer directory {path} does not exist")
+    return HFTokenizer(path)
+
+
+# ---- documents --------------------------------------------------------------------------------
+
+def builtin_documents(name: str, max_chars: int = 4000) -> list[str]:
+    """The Python docs' topics, split at paragraph boundaries into pieces of <= max_chars."""
+    if name != "pydoc":
+        raise SolarError(f"unknown built-in corpus {name!r}; known: {', '.join(BUILTIN)}")
+    import pydoc_data.topics
+
+    docs = []
+    for key in sorted(pydoc_data.topics.topics):
+        piece = ""
+        for para in pydoc_data.topics.topics[key].split("\n\n"):
+            if piece and len(piece) + len(para) > max_chars:
+                docs.append(piece)
+                piece = ""
+            piece = f"{piece}\n\n{para}" if piece else para
+        if piece.strip():
+            docs.append(piece)
+    return docs
+
+
+def expand_files(spec: str) -> list[Path]:
+    """Comma-separated paths or globs -> files; a pattern that matches nothing is an error."""
+    files: list[Path] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+        if not matches or not all(Path(m).is_file() for m in matches):
+            raise SolarError(f"data file {part} does not exist")
+        files += [Path(m) for m in matches]
+    return files
+
+
+def read_documents(files: Sequence[Path], text_field: str = "text") -> list[str]:
+    docs: list[str] = []
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in (".txt", ".md"):
+            docs += [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        elif suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise SolarError(f"{path}:{n}: not valid JSON") from None
+                    if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                        raise SolarError(f"{path}:{n}: no string field {text_field!r}")
+                    docs.append(row[text_field])
+        elif suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise SolarError("reading .parquet needs pyarrow: pip install pyarrow") from None
+            table = pq.read_table(path, columns=[text_field])
+            docs += [t for t in table.column(text_field).to_pylist() if isinstance(t, str)]
+        else:
+            raise SolarError(f"{path}: unsupported file type {suffix!r} (use .txt, .jsonl or .parquet)")
+    return [d for d in docs if d.strip()]
+
+
+def tokenize_documents(docs: Sequence[str], tokenizer, add_bos: bool = True, add_eos: bool = True) -> list[np.ndarray]:
+    """Each document -> int32 tokens (the tokenizer's BOS if it adds one) + text + [EOS];
+    documents under 2 tokens are dropped."""
+    out = []
+    for start in range(0, len(docs), 256):
+        for ids in tokenizer.encode_batch(docs[start:start + 256], add_special_tokens=add_bos):
+            if add_eos and tokenizer.eos_id is not None:
+                ids = ids + [tokenizer.eos_id]
+            if len(ids) >= 2:
+                out.append(np.asarray(ids, np.int32))
+    return out
+
+
+def split_eval(docs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded held-out split of documents: (train, eval); eval gets at least one document."""
+    if len(docs) < 2:
+        raise SolarError(f"need at least 2 documents to hold some out for eval, got {len(docs)}")
+    order = np.random.default_rng(seed).permutation(len(docs))
+    n_eval = max(1, int(round(fraction * len(docs))))
+    held = set(order[:n_eval].tolist())
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+# ---- pipelines --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Corpus:
+    train: list[np.ndarray]
+    eval: list[np.ndarray]
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(d) for d in self.train)
+
+
+def load_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
+    """Documents -> tokens, with the eval split: from eval_files when given, else held out."""
+    if data_cfg.train_files:
+        train_docs = read_documents(expand_files(data_cfg.train_files), data_cfg.text_field)
+    else:
+        train_docs = builtin_documents(data_cfg.builtin)
+    if not train_docs:
+        raise SolarError(f"the training data is empty ({data_cfg.train_files or data_cfg.builtin})")
+    if data_cfg.eval_files:
+        eval_docs = read_documents(expand_files(data_cfg.eval_files), data_cfg.text_field)
+        if not eval_docs:
+            raise SolarError(f"the eval data is empty ({data_cfg.eval_files})")
+    else:
+        train_docs, eval_docs = split_eval(train_docs, data_cfg.eval_fraction, seed)
+    train = tokenize_documents(train_docs, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
+    evals = tokenize_documents(eval_docs, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
+    if not train:
+        raise SolarError("the training data has no document of 2 or more tokens")
+    return Corpus(train, evals)
+
+
+def _shift(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    return {"inputs": tokens[:-1], "targets": tokens[1:]}
+
+
+def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
+    # grain's defaults (16 threads, 500 elements) starve a 2-core machine.
+    return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+
+
+def train_dataset(docs: Sequence[np.ndarray], seq_len: int, local_batch: int, seed: int,
+                  num_threads: int = 0, prefetch: int = 0) -> grain.IterDataset:
+    """Infinite packed batches for this process: shuffled per epoch, sharded by process."""
+    ds = grain.MapDataset.source(list(docs))
+    ds = ds[jax.process_index()::jax.process_count()]
+    if len(ds) == 0:
+        raise SolarError(f"process {jax.process_index()} has no training documents")
+    ds = ds.shuffle(seed=seed).repeat(None).map(_shift)
+    it = ds.to_iter_dataset(_read_options(num_threads, prefetch))
+    packed = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"inputs": seq_len, "targets": seq_len})
+    return packed.batch(local_batch, drop_remainder=True)
+
+
+def eval_batches(docs: Sequence[np.ndarray], seq_len: int, batch: int, max_batches: int) -> list[dict[str, np.ndarray]]:
+    """The held-out set packed into fixed batches (the last padded with segment 0)."""
+    ds = grain.MapDataset.source(list(docs)).map(_shift).to_iter_dataset(_read_options(0, 0))
+    packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
+    rows = list(packed)
+    batches = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        out = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
+        if len(chunk) < batch:  # pad with empty rows: segment 0 is masked out of the loss
+            out = {k: np.concatenate([v, np.zeros((batch - len(chunk),) + v.shape[1:], v.dtype)]) for k, v in out.items()}
+        batches.append(out)
+        if max_batches and len(batches) >= max_batches:
+            break
+    return batches
+
+
+def model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """grain's packed fields -> what the train step takes (int32)."""
+    return {
+        "inputs": batch["inputs"].astype(np.int32),
+        "targets": batch["targets"].astype(np.int32),
+        "segment_ids": batch["inputs_segment_ids"].astype(np.int32),
+        "loss_mask": (batch["targets_segment_ids"] > 0).astype(np.float32),
+    }
+
+
+def take(it: Iterator[Any], n: int) -> list[Any]:
+    return [next(it) for _ in range(n)]

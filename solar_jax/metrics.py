@@ -1,0 +1,101 @@
+"""What a run reports: metrics.jsonl, TensorBoard events, throughput/MFU, a loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from solar_jax.model_config import ModelConfig
+
+# Peak dense bf16 FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12, "NVIDIA GH200": 989e12, "NVIDIA B200": 2250e12,
+}
+
+
+def device_peak_flops(device: Any = None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    for prefix, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if kind.startswith(prefix):
+            return flops
+    return None
+
+
+def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """6 N (weights: forward + backward) + 12 L T D_attn (attention scores and values), per token;
+    N excludes the embedding lookup but counts the output projection."""
+    counts = config.param_counts()
+    n = sum(v for k, v in counts.items() if k != "embed") + (config.vocab_size * config.hidden_size
+                                                             if config.tie_word_embeddings else 0)
+    attn = 12 * config.num_layers * seq_len * config.num_heads * config.head_dim
+    return 6 * n + attn
+
+
+class MetricsWriter:
+    """metrics.jsonl (one object per logged step) and TensorBoard, from process 0 only."""
+
+    def __init__(self, workdir: Path):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._file = open(self.path, "a", buffering=1)
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: (float(v) if v is not None else None) for k, v in values.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        for k, v in values.items():
+            if v is not None and math.isfinite(float(v)):
+                self._tb.add_scalar(k, float(v), int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl; a step logged twice (a resumed run) keeps its last value."""
+    rows: dict[int, dict[str, Any]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, baseline: float | None = None,
+                    title: str = "training loss") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", ls="--", label="base model eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,110 @@
+"""The run config every training config file starts from, and its validation.
+
+Config files (configs/cpt.py, ...) call `base_config()` and change what differs. Validation
+runs before anything is loaded or compiled: a bad value costs a second, not a compile.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from solar_jax.errors import SolarError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # The model: an HF dir (empty: the real model SmolLM2-135M-Instruct, fetched on first
+    # use), or a preset of random weights (model_preset, e.g. "tiny"), optionally
+    # up-scaled on the fly (upscale_m >= 0: s = 2(n - m) layers; or upscale_slices).
+    c.model_dir = ""
+    c.model_preset = ""
+    c.tokenizer = ""  # "" = the model dir's tokenizer; a dir; or "bytes" (tiny models)
+    c.upscale_m = -1
+    c.upscale_slices = ""
+    c.workdir = ""
+    c.num_steps = 100
+    c.batch_size = 8  # global, in sequences
+    c.seq_len = 256
+    c.grad_accum_steps = 1  # microbatches per step (same global batch, less memory)
+    c.learning_rate = 1e-4
+    c.end_lr_ratio = 0.1
+    c.schedule = "cosine"  # cosine | linear | constant
+    c.warmup_steps = 10
+    c.weight_decay = 0.1
+    c.decay_embeddings = False
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.95
+    c.adam_eps = 1e-8
+    c.grad_clip = 1.0
+    c.dtype = "float32"  # compute dtype; params stay float32
+    c.remat = "none"  # none | full | dots | dots_no_batch
+    c.attention_impl = "xla"  # xla | cudnn
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 3
+    c.async_checkpoint = True
+    c.eval_every = 50
+    c.eval_batches = 8  # 0: the whole held-out set
+    c.log_every = 1
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(
+        train_files="",  # comma-separated files or globs (.txt, .jsonl, .parquet); "" = builtin
+        eval_files="",  # "" = hold out eval_fraction of the training documents
+        builtin="pydoc",
+        text_field="text",
+        eval_fraction=0.05,
+        add_bos=True,  # the tokenizer's own BOS convention
+        add_eos=True,
+        num_threads=0,  # grain read threads; 0 on small machines
+        prefetch=0,
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.export = ml_collections.ConfigDict(dict(enabled=True, dtype="float32", max_shard_size="5GB"))
+    c.debug_kill_at_step = -1  # fault injection for tests: SIGKILL itself after this step
+    return c
+
+
+def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None,
+               prefix: str = "") -> None:
+    """Every key of `config` must exist in the reference (programmatic configs too)."""
+    reference = reference or base_config()
+    for key in config.keys():
+        if key not in reference:
+            raise SolarError(f"unknown config key {prefix}{key}")
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict) and isinstance(reference[key], ml_collections.ConfigDict):
+            check_keys(value, reference[key], f"{prefix}{key}.")
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int | None = None) -> None:
+    """Config errors caught before compiling, each with one clear line."""
+    from solar_jax import sharding
+    from solar_jax.model import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
+
+    check_keys(c)
+    for key in ("num_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "eval_every", "log_every"):
+        if c[key] <= 0:
+            raise SolarError(f"{key} must be positive, got {c[key]}")
+    if c.seq_len < 2:
+        raise SolarError(f"seq_len must be at least 2, got {c.seq_len}")
+    if c.dtype not in DTYPES:
+        raise SolarError(f"unknown dtype {c.dtype!r}; known: {', '.join(DTYPES)}")
+    if c.remat not in REMAT_POLICIES:
+        raise SolarError(f"unknown remat {c.remat!r}; known: {', '.join(REMAT_POLICIES)}")
+    if c.attention_impl not in ATTENTION_IMPLS:
+        raise SolarError(f"unknown attention_impl {c.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
+    if c.learning_rate <= 0:
+        raise SolarError(f"learning_rate must be positive, got {c.learning_rate}")
+    if not 0 < c.data.eval_fraction < 1:
+        raise SolarError(f"data.eval_fraction must be in (0, 1), got {c.data.eval_fraction}")
+    data, fsdp, tensor = sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, num_devices)
+    dp = data * fsdp
+    if c.batch_size % c.grad_accum_steps:
+        raise SolarError(f"batch_size={c.batch_size} is not divisible by grad_accum_steps={c.grad_accum_steps}")
+    micro = c.batch_size // c.grad_accum_steps
+    if micro % dp:
+        raise SolarError(f"batch_size={c.batch_size} (microbatch {micro}) is not divisible by the data-parallel "
+                         f"size {dp} (mesh data={data} x fsdp={fsdp})")
+    if max_positions is not None and c.seq_len > max_positions:
+        raise SolarError(f"seq_len={c.seq_len} is longer than the model's max_position_embeddings={max_positions}")
+    if c.model_dir and c.model_preset:
+        raise SolarError("give model_dir or model_preset, not both")

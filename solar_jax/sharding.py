@@ -1,0 +1,124 @@
+"""Mesh and shardings: one table maps logical axes (model.PARAM_AXES) to mesh axes.
+
+Mesh axes: data (pure data parallel: params replicated), fsdp (data parallel with params,
+grads and optimizer state sharded), tensor (Megatron-style: heads and mlp split). Switching
+between FSDP and tensor parallelism is a config edit of mesh.{data,fsdp,tensor}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from solar_jax.errors import SolarError
+from solar_jax.model import PARAM_AXES
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or axes) it is split over; None: replicated.
+RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "layers": None,
+    "norm": None,
+}
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """Resolves one -1 to fill the devices; checks the product."""
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise SolarError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise SolarError(f"mesh sizes must be positive or -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise SolarError(f"mesh data={data} fsdp={fsdp} tensor={tensor} does not divide {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise SolarError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
+                         f"devices, but {num_devices} are available")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axis types (sharding propagated by XLA)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def spec_for(logical: Sequence[str], shape: Sequence[int], mesh: Mesh) -> P:
+    """PartitionSpec for an array with these logical axes; a dim that its mesh axes do not
+    divide is replicated instead (e.g. 9 heads over tensor=2)."""
+    parts = []
+    used: set[str] = set()
+    for name, dim in zip(logical, shape):
+        axes = RULES.get(name)
+        if axes is None:
+            parts.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)
+        size = math.prod(mesh.shape[a] for a in axes)
+        if not axes or dim % size:
+            parts.append(None)
+            continue
+        used.update(axes)
+        parts.append(axes[0] if len(axes) == 1 else axes)
+    return P(*parts)
+
+
+def param_shardings(flat_shapes: dict[str, Sequence[int]], mesh: Mesh) -> dict[str, NamedSharding]:
+    """Flat param path -> NamedSharding, from the logical axes table."""
+    out = {}
+    for path, shape in flat_shapes.items():
+        if path not in PARAM_AXES:
+            raise SolarError(f"no logical axes for parameter {path}")
+        out[path] = NamedSharding(mesh, spec_for(PARAM_AXES[path], shape, mesh))
+    return out
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches [B, T]: B split over data x fsdp, T whole."""
+    return NamedSharding(mesh, spec_for(("batch", None), (mesh.shape["data"] * mesh.shape["fsdp"], 1), mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of the global batch -> global arrays sharded over data x fsdp.
+
+    Each process holds rows [i * B/P, (i+1) * B/P) of the global batch of B rows (P
+    processes); a single process holds them all.
+    """
+    sharding = batch_sharding(mesh)
+    out = {}
+    for key, local in batch.items():
+        global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
+        offset = local.shape[0] * jax.process_index()
+
+        def fetch(index, local=local, offset=offset):
+            rows = index[0]
+            start = (rows.start or 0) - offset
+            stop = (rows.stop if rows.stop is not None else global_shape[0]) - offset
+            return local[(slice(start, stop),) + tuple(index[1:])]
+
+        out[key] = jax.make_array_from_callback(global_shape, sharding, fetch)
+    return out
