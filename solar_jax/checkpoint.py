@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,19 @@ class Checkpointer:
                 errors.append(s)
                 continue
             if errors:
+                self._set_aside(errors)
                 print(f"resumed from step {s} instead of step {errors[0]}", flush=True)
             return s, restored["state"], dict(restored["meta"] or {})
         raise SolarError(f"no readable checkpoint in {self.directory} (tried steps {', '.join(map(str, errors))})")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable steps out of the way (kept for inspection) so they can be re-saved."""
+        if jax.process_index() == 0:
+            for s in steps:
+                src = self.directory / str(s)
+                if src.exists():
+                    src.rename(self.directory / f"unreadable-step-{s}-{int(time.time())}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -119,7 +119,7 @@ def make_train_step(graphdef, tx, accum: int):
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
                          opt_state=opt_state, rng=state["rng"])
-        metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), tokens=batch["loss_mask"].sum())
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), tokens=batch["loss_mask"].sum())
         return new_state, metrics
 
     return train_step

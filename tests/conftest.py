@@ -79,3 +79,13 @@ def run_command(*args, timeout=300):
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
+
+
+def load_config(name: str, variant: str | None = None):
+    """configs/NAME's get_config(variant), as the --config flag would load it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"configs_{name.removesuffix('.py')}", REPO / "configs" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)

@@ -1,0 +1,246 @@
+"""The training engine on the tiny config: loss, sharding, resume, preemption, packing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from solar_jax import data as data_lib
+from solar_jax import hf
+from solar_jax import model as model_lib
+from solar_jax.losses import token_log_probs
+from solar_jax.metrics import read_metrics
+from solar_jax.train import train_and_evaluate
+from tests.conftest import REPO, load_config, run_command
+from tests.test_hf_io import hf_tensors
+
+
+def tiny(**overrides):
+    c = load_config("cpt.py", "tiny")
+    c.upscale_m = -1
+    c.export.enabled = True
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r.get("loss") is not None}
+
+
+def test_step_zero_loss_is_the_models_cross_entropy_and_a_repeated_batch_goes_down(tmp_path):
+    c = tiny(num_steps=1, eval_every=1, checkpoint_every=1)
+    result = train_and_evaluate(c, tmp_path / "run", devices=jax.devices()[:1])
+    # The first batch, rebuilt independently, scored by the initial model in numpy.
+    corpus = data_lib.load_corpus(c.data, data_lib.ByteTokenizer(), c.seed)
+    batch = data_lib.model_batch(next(iter(data_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed))))
+    from flax import nnx
+
+    from solar_jax.model_config import preset
+
+    model = model_lib.Transformer(preset("tiny"), rngs=nnx.Rngs(c.seed))
+    logits = np.asarray(model(jnp.asarray(batch["inputs"]), None, jnp.asarray(batch["segment_ids"])), np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+    expected = (nll * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+    assert losses(tmp_path / "run")[1] == pytest.approx(expected, rel=1e-5)
+    # What a run leaves behind.
+    for name in ("metrics.jsonl", "loss_curve.png", "run.json", "hf/config.json", "hf/model.safetensors"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert {"step", "loss", "tokens_per_second", "eval_loss"} <= set(row)
+    assert result["status"] == "completed"
+
+
+def test_training_lowers_the_loss_on_a_repeated_batch():
+    from solar_jax.train import make_train_step
+    from solar_jax.optim import make_optimizer
+    from solar_jax.model_config import preset
+    from flax import nnx
+
+    c = tiny(learning_rate=1e-2, warmup_steps=0, schedule="constant")
+    model = model_lib.Transformer(preset("tiny"), rngs=nnx.Rngs(0))
+    graphdef, _ = nnx.split(model)
+    params = model_lib.param_dict(model)
+    tx = make_optimizer(c, params)
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = dict(inputs=jnp.asarray(rng.integers(1, 256, (4, 32)), jnp.int32),
+                 targets=jnp.asarray(rng.integers(1, 256, (4, 32)), jnp.int32),
+                 segment_ids=jnp.ones((4, 32), jnp.int32), loss_mask=jnp.ones((4, 32), jnp.float32))
+    step = jax.jit(make_train_step(graphdef, tx, 1))
+    first = None
+    for _ in range(3):
+        state, m = step(state, batch)
+        first = first if first is not None else float(m["loss"])
+    assert float(m["loss"]) < first - 0.1
+    # Gradient accumulation gives the same update as the whole batch (SGD: the update is
+    # linear in the gradient; Adam's first step ~ sign(g) would magnify rounding).
+    import optax
+
+    sgd = optax.sgd(0.5)
+    state2 = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=sgd.init(params), rng=jax.random.PRNGKey(0))
+    a, ma = jax.jit(make_train_step(graphdef, sgd, 1))(dict(state2), batch)
+    b, mb = jax.jit(make_train_step(graphdef, sgd, 2))(dict(state2), batch)
+    np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8, tensor=1), dict(data=1, fsdp=4, tensor=2)])
+def test_sharded_equals_unsharded(tmp_path, mesh):
+    assert jax.device_count() == 8
+    one = train_and_evaluate(tiny(num_steps=3, eval_every=3, checkpoint_every=3), tmp_path / "one",
+                             devices=jax.devices()[:1])
+    c = tiny(num_steps=3, eval_every=3, checkpoint_every=3)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh["data"], mesh["fsdp"], mesh["tensor"]
+    eight = train_and_evaluate(c, tmp_path / "eight")
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
+    assert sorted(a) == [1, 2, 3]
+    np.testing.assert_allclose([a[s] for s in (1, 2, 3)], [b[s] for s in (1, 2, 3)], rtol=1e-5)
+    assert one["eval_loss"] == pytest.approx(eight["eval_loss"], rel=1e-5)
+    # Params: Adam's early updates ~ lr * sign(g) amplify reduction-order rounding for the
+    # rare elements whose gradient is ~0, so: nearly all agree to 1e-6, none beyond lr.
+    x, y = hf_tensors(tmp_path / "one" / "hf"), hf_tensors(tmp_path / "eight" / "hf")
+    for k in x:
+        diff = np.abs(x[k] - y[k])
+        assert diff.max() < c.learning_rate and np.mean(diff > 1e-6) < 1e-3, k
+
+
+def _train_cmd(workdir, *extra):
+    return ["solar_jax.train", "--config=configs/cpt.py:tiny", f"--config.workdir={workdir}", "--config.upscale_m=-1",
+            *extra]
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    flags = ["--config.num_steps=6", "--config.checkpoint_every=1", "--config.eval_every=100"]
+    straight = run_command(*_train_cmd(tmp_path / "straight", *flags))
+    assert straight.returncode == 0, straight.stderr
+    killed = run_command(*_train_cmd(tmp_path / "resumed", *flags, "--config.debug_kill_at_step=3"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "resumed" / "hf").exists()
+    resumed = run_command(*_train_cmd(tmp_path / "resumed", *flags))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert [a[s] for s in a] == [b[s] for s in a]  # bitwise: same topology, same order
+    x, y = hf_tensors(tmp_path / "straight" / "hf"), hf_tensors(tmp_path / "resumed" / "hf")
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", *_train_cmd(workdir, "--config.num_steps=100000",
+                                                               "--config.checkpoint_every=100000")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = workdir / "metrics.jsonl"
+        if metrics.exists() and max((r["step"] for r in read_metrics(metrics)), default=0) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: saved a checkpoint at step" in out
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] >= 3
+    resumed = run_command(*_train_cmd(workdir, f"--config.num_steps={saved[-1] + 2}"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from" in resumed.stdout and f"at step {saved[-1]}" in resumed.stdout
+    assert max(losses(workdir)) == saved[-1] + 2
+
+
+def test_packed_batch_gives_the_per_document_losses(tiny_hf):
+    _, path = tiny_hf("mistral_window")
+    model = hf.load_hf(path)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 128, n).astype(np.int32) for n in (9, 14, 6, 4)]  # 8+13+5+3 inputs: one row of 32
+    batch = data_lib.model_batch(data_lib.eval_batches(docs, 32, 2, 0)[0])
+    assert list(np.unique(batch["segment_ids"][0])) == [0, 1, 2, 3, 4]
+    logp = np.asarray(token_log_probs(model(jnp.asarray(batch["inputs"]), None, jnp.asarray(batch["segment_ids"])),
+                                      jnp.asarray(batch["targets"])))
+    for seg, doc in enumerate(docs, start=1):
+        in_row = batch["segment_ids"][0] == seg
+        packed = (logp[0] * batch["loss_mask"][0])[in_row].sum()
+        alone = np.asarray(token_log_probs(model(jnp.asarray(doc[None, :-1])), jnp.asarray(doc[None, 1:])))[0].sum()
+        np.testing.assert_allclose(packed, alone, rtol=1e-5)
+    assert batch["loss_mask"][0][batch["segment_ids"][0] == 0].sum() == 0  # padding is not scored
+
+
+def test_every_config_file_builds_and_validates():
+    from solar_jax.run_config import validate
+
+    import importlib.util
+
+    for path in sorted((REPO / "configs").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for variant in getattr(module, "VARIANTS", (None,)):
+            c = module.get_config(variant)
+            assert c is not None
+            if hasattr(module, "VARIANTS"):
+                validate(c, num_devices=1)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def _exit2(*args, match, env=None):
+    r = run_command(*args) if env is None else subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=300)
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert "compiled" not in r.stdout  # caught before compiling
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--config.no_such_key=1", "no_such_key"),
+    ("--config.seq_len=1024", "max_position_embeddings=512"),
+    ("--config.data.train_files=/nonexistent/*.jsonl", "does not exist"),
+    ("--config.dtype=float8", "unknown dtype"),
+    ("--config.upscale_m=9", "0 <= m < n"),
+])
+def test_config_errors_before_compiling(tmp_path, flag, match):
+    _exit2(*_train_cmd(tmp_path / "run", flag), match=match)
+
+
+def test_batch_not_divisible_by_data_parallel_size(tmp_path):
+    _exit2(*_train_cmd(tmp_path / "run", "--config.batch_size=6"), match="data-parallel size 4",
+           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+
+
+def test_empty_dataset(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    _exit2(*_train_cmd(tmp_path / "run", f"--config.data.train_files={empty}"), match="training data is empty")
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
+    workdir = tmp_path / "run"
+    first = run_command(*_train_cmd(workdir, "--config.num_steps=4", "--config.checkpoint_every=2"))
+    assert first.returncode == 0, first.stderr
+    latest = workdir / "checkpoints" / "4"
+    for f in (latest / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 8)
+    r = run_command(*_train_cmd(workdir, "--config.num_steps=6", "--config.checkpoint_every=2"))
+    assert r.returncode == 0, r.stderr
+    assert "checkpoint at step 4" in r.stdout and "unreadable" in r.stdout
+    assert "resumed from" in r.stdout and "at step 2" in r.stdout
