@@ -428,6 +428,33 @@ import sys as _sys  # noqa: E402
 _sys.modules[__name__].__class__ = _CallableModule
 
 
+def load_params_any(path: str) -> tuple[dict, ModelConfig, str | None]:
+    """An HF dir or a solar_jax run dir (its latest checkpoint) -> (params, config, tokenizer source)."""
+    from solar_jax.export import is_run_dir, load_run_params
+
+    if is_run_dir(path):
+        params, config, record, _ = load_run_params(path)
+        return params, config, record.get("model_dir")
+    config = ModelConfig.from_hf_config(hf.read_hf_config(path))
+    return hf.load_hf_params(path, config), config, path
+
+
+def merge_any(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dtype: str = "",
+              max_shard_size: str = "5GB", overwrite: bool = False) -> Path:
+    """Streams when every input is an HF dir; with a training run dir among them, merges the
+    runs' checkpoints in memory (no round trip through HF) and writes an HF dir."""
+    from solar_jax.export import is_run_dir
+
+    if not any(is_run_dir(d) for d in model_dirs):
+        return merge_hf(model_dirs, spec, output_dir, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
+    check_output_dir(output_dir, overwrite)
+    loaded = [load_params_any(d) for d in model_dirs]
+    params = merge_params([p for p, _, _ in loaded], [c for _, c, _ in loaded], spec)
+    ref = spec.base if spec.base is not None else 0
+    return hf.save_hf_params(params, loaded[ref][1], output_dir, dtype=dtype or "float32",
+                             max_shard_size=max_shard_size, source_dir=loaded[ref][2], overwrite=overwrite)
+
+
 # ---- command line ----------------------------------------------------------------------------
 
 def _floats(text: str, what: str) -> list[float]:
@@ -489,7 +516,7 @@ def main(argv) -> None:
         if plan.method == "passthrough":
             out = upscale.upscale_hf(plan.model_dirs, plan.slices, output_dir, dtype=plan.dtype, overwrite=overwrite)
         else:
-            out = merge_hf(plan.model_dirs, plan.spec, output_dir, dtype=plan.dtype, overwrite=overwrite)
+            out = merge_any(plan.model_dirs, plan.spec, output_dir, dtype=plan.dtype, overwrite=overwrite)
         print(f"wrote {out} ({plan.method} of {len(plan.model_dirs)} models)")
         return
     c = FLAGS.config
@@ -497,7 +524,7 @@ def main(argv) -> None:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
     check_output_dir(c.output_dir, c.overwrite)
     dirs, spec = spec_from_config(c)
-    out = merge_hf(dirs, spec, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size, overwrite=c.overwrite)
+    out = merge_any(dirs, spec, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size, overwrite=c.overwrite)
     print(f"wrote {out} ({spec.method} of {len(dirs)} models)")
 
 

@@ -181,10 +181,30 @@ def main(argv) -> None:
     if c.slices:
         slices = parse_slices(c.slices)
     else:
-        n = ModelConfig.from_hf_config(hf.read_hf_config(models[0])).num_layers
+        from solar_jax.export import is_run_dir
+
+        config_src = Path(models[0]) / "run.json" if is_run_dir(models[0]) else None
+        if config_src:
+            import json
+
+            n = ModelConfig.from_hf_config(json.loads(config_src.read_text())["model_config"]).num_layers
+        else:
+            n = ModelConfig.from_hf_config(hf.read_hf_config(models[0])).num_layers
         slices = solar_slices(n, c.m)
-    out = upscale_hf(models, slices, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size,
-                     overwrite=c.overwrite)
+    from solar_jax.export import is_run_dir
+
+    if any(is_run_dir(m) for m in models):  # training runs: up-scale their checkpoints in memory
+        from solar_jax.merge import load_params_any
+
+        check_output_dir(c.output_dir, c.overwrite)
+        loaded = [load_params_any(m) for m in models]
+        params, config = passthrough_params([p for p, _, _ in loaded], [cfg for _, cfg, _ in loaded], slices)
+        out = hf.save_hf_params(params, config, c.output_dir, dtype=c.dtype or "float32",
+                                max_shard_size=c.max_shard_size, source_dir=loaded[slices[0].model][2],
+                                overwrite=c.overwrite)
+    else:
+        out = upscale_hf(models, slices, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size,
+                         overwrite=c.overwrite)
     layers = sum(s.end - s.start for s in slices)
     print(f"wrote {out}: {layers} layers from slices {', '.join(f'{s.start}:{s.end}@{s.model}' for s in slices)}")
 

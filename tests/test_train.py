@@ -244,3 +244,34 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "checkpoint at step 4" in r.stdout and "unreadable" in r.stdout
     assert "resumed from" in r.stdout and "at step 2" in r.stdout
+
+
+def test_export_command_and_merging_training_runs(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        workdir = tmp_path / f"run{seed}"
+        r = run_command(*_train_cmd(workdir, "--config.num_steps=2", "--config.checkpoint_every=1",
+                                    f"--config.seed={seed}", "--config.export.enabled=False"))
+        assert r.returncode == 0, r.stderr
+        runs.append(workdir)
+    out = tmp_path / "exported"
+    r = run_command("solar_jax.export", f"--config.workdir={runs[0]}", f"--config.output_dir={out}", "--config.step=1")
+    assert r.returncode == 0, r.stderr
+    assert "from step 1" in r.stdout
+    import transformers
+
+    assert transformers.AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 4
+    r = run_command("solar_jax.export", f"--config.workdir={runs[0]}", f"--config.output_dir={tmp_path / 'x'}",
+                    "--config.step=7")
+    assert r.returncode == 2 and "no checkpoint at step 7" in r.stderr
+    # Merge two runs' checkpoints directly, and the same runs through their HF exports: equal.
+    for i, run in enumerate(runs):
+        r = run_command("solar_jax.export", f"--config.workdir={run}", f"--config.output_dir={tmp_path / f'hf{i}'}")
+        assert r.returncode == 0, r.stderr
+    direct, via_hf = tmp_path / "m-direct", tmp_path / "m-hf"
+    for models, target in ((f"{runs[0]},{runs[1]}", direct), (f"{tmp_path / 'hf0'},{tmp_path / 'hf1'}", via_hf)):
+        r = run_command("solar_jax.merge", "--config.method=slerp", f"--config.models={models}", "--config.t=0.3",
+                        f"--config.output_dir={target}")
+        assert r.returncode == 0, r.stderr
+    x, y = hf_tensors(direct), hf_tensors(via_hf)
+    assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)

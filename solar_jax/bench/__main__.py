@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("convert", "upscale", "merge")
+BENCHMARKS = ("convert", "upscale", "merge", "train")
 
 
 def main() -> None:
