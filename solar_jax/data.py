@@ -77,10 +77,45 @@ class HFTokenizer:
         return self._tok.decode(list(ids))
 
 
+class SentencePieceTokenizer:
+    """A sentencepiece model file (tokenizer.model); BOS/EOS from the model's own ids."""
+
+    def __init__(self, path: str):
+        import sentencepiece as spm
+
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.Load(path)
+        except (OSError, RuntimeError) as e:
+            raise SolarError(f"cannot load sentencepiece model {path} ({type(e).__name__})") from None
+        self.vocab_size = self._sp.GetPieceSize()
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else None
+        if self.eos_id is None:
+            raise SolarError(f"sentencepiece model {path} has no EOS id")
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.EncodeAsIds(text)
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        ids = self._sp.EncodeAsIds(list(texts))
+        if add_special_tokens and self.bos_id is not None:
+            ids = [[self.bos_id] + x for x in ids]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.DecodeIds(list(ids))
+
+
 def load_tokenizer(spec: str, model_dir: str | None = None):
-    """'bytes', a directory with tokenizer files, or '' for the model's own directory."""
+    """'bytes', a sentencepiece .model file, a directory with tokenizer files, or '' for the
+    model's own directory."""
     if spec == "bytes":
         return ByteTokenizer()
+    if spec.endswith(".model"):
+        if not Path(spec).is_file():
+            raise SolarError(f"sentencepiece model {spec} does not exist")
+        return SentencePieceTokenizer(spec)
     path = spec or model_dir
     if not path:
         raise SolarError("no tokenizer: set tokenizer (a directory, or 'bytes') or model_dir")

@@ -194,6 +194,7 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_run_file(workdir, source, c)
+    _say("config:\n" + "\n".join(f"  {line}" for line in c.to_yaml().strip().splitlines()))
     _say(model_summary(source.config, mesh, c))
     _say(f"data: {len(corpus.train)} training documents ({corpus.train_tokens:,} tokens), "
          f"{len(corpus.eval)} held out; batch {c.batch_size} x {c.seq_len} tokens")
@@ -338,7 +339,9 @@ def main(argv) -> None:
     try:
         result = train_and_evaluate(c, c.workdir)
     except TrainingDiverged as e:
-        print(f"error: {e}", flush=True)
+        import sys
+
+        print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1)
     if result["status"] == "completed":
         summary = f"done: step {result['step']}, loss {result['loss']:.4f}"

@@ -275,3 +275,16 @@ def test_export_command_and_merging_training_runs(tmp_path):
         assert r.returncode == 0, r.stderr
     x, y = hf_tensors(direct), hf_tensors(via_hf)
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    r = run_command(*_train_cmd(workdir, "--config.learning_rate=1e12", "--config.warmup_steps=0",
+                                "--config.grad_clip=0", "--config.checkpoint_every=1", "--config.num_steps=30"))
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: loss is nan at step") or line.startswith("error: loss is inf at step")
+    bad_step = int(line.split("at step ")[1].split(";")[0])
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) == bad_step - 1 and f"last good checkpoint: step {bad_step - 1}" in line
+    assert not (workdir / "hf").exists()
