@@ -33,7 +33,7 @@ from solar_jax.errors import SolarError
 from solar_jax.losses import cross_entropy
 from solar_jax.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
 from solar_jax.model_config import ModelConfig, preset
-from solar_jax.optim import learning_rate_schedule, make_optimizer
+from solar_jax.optim import global_norm, learning_rate_schedule, make_optimizer
 from solar_jax.run_config import validate
 
 
@@ -119,7 +119,7 @@ def make_train_step(graphdef, tx, accum: int):
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
                          opt_state=opt_state, rng=state["rng"])
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), tokens=batch["loss_mask"].sum())
+        metrics = dict(loss=loss, grad_norm=global_norm(grads), tokens=batch["loss_mask"].sum())
         return new_state, metrics
 
     return train_step

@@ -144,6 +144,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--model_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        from solar_jax.cli import apply_default_xla_flags
+
+        apply_default_xla_flags()  # as the train command does
         fn = _worker_jax if args.worker == "jax" else _worker_torch
         return fn(args.model_dir, args.batch, args.seq, args.steps, args.warmup)
 
