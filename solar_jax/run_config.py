@@ -13,6 +13,15 @@ from solar_jax.errors import SolarError
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "cpt"  # cpt (documents) | sft (instructions, prompt masked) | dpo (preference pairs)
+    c.template = "solar"  # sft/dpo prompt template: alpaca | solar | chat (the tokenizer's own)
+    c.packing = True  # sft: pack examples first-fit (never split); False: one example per row
+    c.dpo = ml_collections.ConfigDict(dict(
+        beta=0.1,
+        loss_type="sigmoid",  # sigmoid | ipo | hinge | robust
+        label_smoothing=0.0,  # > 0 with sigmoid: cDPO
+        reference="frozen",  # frozen (a copy in memory) | precomputed (log-probs computed once)
+    ))
     # The model: an HF dir (empty: the real model SmolLM2-135M-Instruct, fetched on first
     # use), or a preset of random weights (model_preset, e.g. "tiny"), optionally
     # up-scaled on the fly (upscale_m >= 0: s = 2(n - m) layers; or upscale_slices).
@@ -49,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         train_files="",  # comma-separated files or globs (.txt, .jsonl, .parquet); "" = builtin
         eval_files="",  # "" = hold out eval_fraction of the training documents
-        builtin="pydoc",
+        builtin="pydoc",  # cpt: pydoc; sft/dpo: synth_math (Synth. Math-Instruct / -Alignment)
+        num_builtin=1000,  # sft/dpo: synthetic problems generated for training
         text_field="text",
         eval_fraction=0.05,
         add_bos=True,  # the tokenizer's own BOS convention
@@ -106,5 +116,20 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int 
                          f"size {dp} (mesh data={data} x fsdp={fsdp})")
     if max_positions is not None and c.seq_len > max_positions:
         raise SolarError(f"seq_len={c.seq_len} is longer than the model's max_position_embeddings={max_positions}")
+    from solar_jax.losses import DPO_LOSSES
+    from solar_jax.sft_data import check_template
+    from solar_jax.task_data import TASKS
+
+    if c.task not in TASKS:
+        raise SolarError(f"unknown task {c.task!r}; known: {', '.join(TASKS)}")
+    if c.task != "cpt":
+        check_template(c.template)
+    if c.task == "dpo":
+        if c.dpo.loss_type not in DPO_LOSSES:
+            raise SolarError(f"unknown dpo.loss_type {c.dpo.loss_type!r}; known: {', '.join(DPO_LOSSES)}")
+        if c.dpo.reference not in ("frozen", "precomputed"):
+            raise SolarError(f"dpo.reference must be frozen or precomputed, got {c.dpo.reference!r}")
+        if not 0 <= c.dpo.label_smoothing < 0.5 or c.dpo.beta <= 0:
+            raise SolarError("dpo.beta must be > 0 and dpo.label_smoothing in [0, 0.5)")
     if c.model_dir and c.model_preset:
         raise SolarError("give model_dir or model_preset, not both")

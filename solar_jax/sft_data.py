@@ -233,6 +233,9 @@ def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray
         seg = np.zeros(seq_len, np.int32)
         seg[:n] = 1
         out[f"{prefix}segment_ids"] = seg
+    for k, v in ex.items():  # per-pair scalars (precomputed reference log-probs)
+        if k.startswith("ref_"):
+            out[k] = np.float32(v)
     return out
 
 
@@ -275,7 +278,8 @@ def eval_batches(examples: list[dict], seq_len: int, batch: int, max_batches: in
 
 def to_model(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Host batch -> step inputs: int32 tokens and segments, float32 masks."""
-    return {k: (v.astype(np.float32) if k.endswith("loss_mask") else v.astype(np.int32)) for k, v in b.items()}
+    floats = lambda k: k.endswith("loss_mask") or k.startswith("ref_")
+    return {k: (v.astype(np.float32) if floats(k) else v.astype(np.int32)) for k, v in b.items()}
 
 
 def load_split_rows(files: str, eval_files: str, eval_fraction: float, seed: int, builtin: str, kind: str,

@@ -89,9 +89,10 @@ def param_shardings(flat_shapes: dict[str, Sequence[int]], mesh: Mesh) -> dict[s
     return out
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches [B, T]: B split over data x fsdp, T whole."""
-    return NamedSharding(mesh, spec_for(("batch", None), (mesh.shape["data"] * mesh.shape["fsdp"], 1), mesh))
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Batches [B, ...]: B split over data x fsdp, the other axes whole."""
+    logical = ("batch",) + (None,) * (ndim - 1)
+    return NamedSharding(mesh, spec_for(logical, (mesh.shape["data"] * mesh.shape["fsdp"],) + (1,) * (ndim - 1), mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -108,9 +109,9 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, 
     Each process holds rows [i * B/P, (i+1) * B/P) of the global batch of B rows (P
     processes); a single process holds them all.
     """
-    sharding = batch_sharding(mesh)
     out = {}
     for key, local in batch.items():
+        sharding = batch_sharding(mesh, local.ndim)
         global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
         offset = local.shape[0] * jax.process_index()
 

@@ -30,7 +30,8 @@ from solar_jax import model as model_lib
 from solar_jax import upscale as upscale_lib
 from solar_jax.checkpoint import Checkpointer, abstract_like
 from solar_jax.errors import SolarError
-from solar_jax.losses import cross_entropy
+from solar_jax import task_data
+from solar_jax.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
 from solar_jax.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
 from solar_jax.model_config import ModelConfig, preset
 from solar_jax.optim import global_norm, learning_rate_schedule, make_optimizer
@@ -89,57 +90,69 @@ def initial_params(source: ModelSource, shardings: dict[str, Any], seed: int) ->
     return model_lib.unflatten_params({p: jax.device_put(v, shardings[p]) for p, v in flat.items()})
 
 
-def make_train_step(graphdef, tx, accum: int):
-    """(state, batch) -> (state, metrics). The loss is the token-weighted mean over the whole
-    global batch; with accum > 1 the batch is split into accum strided microbatches (each
-    device keeps its rows) whose gradients add up to the full-batch gradient."""
+def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None):
+    """(state, batch[, reference params]) -> (state, metrics).
 
-    def train_step(state, batch):
+    The loss is the objective's sum over the whole global batch divided by its denominator
+    (tokens for cross-entropy, pairs for DPO); with accum > 1 the batch is split into accum
+    strided microbatches (each device keeps its rows) whose gradients add up to the
+    full-batch gradient."""
+    objective = objective or cross_entropy_objective(graphdef)
+
+    def train_step(state, batch, ref=None):
         params = state["params"]
-        total = jnp.maximum(batch["loss_mask"].sum(), 1.0)
+        denom = objective.denominator(batch)
 
-        def micro_loss(p, mb):
-            logits = nnx.merge(graphdef, p)(mb["inputs"], None, mb["segment_ids"])
-            loss_sum, _ = cross_entropy(logits, mb["targets"], mb["loss_mask"])
-            return loss_sum / total
+        def micro(p, mb):
+            total, metrics = objective.loss(p, mb, ref)
+            return total / denom, {k: v / denom for k, v in metrics.items()}
 
+        grad_fn = jax.value_and_grad(micro, has_aux=True)
         if accum == 1:
-            loss, grads = jax.value_and_grad(micro_loss)(params, batch)
+            (loss, metrics), grads = grad_fn(params, batch)
         else:
-            # [B, T] -> [accum, B/accum, T], microbatch i = rows i, i+accum, ...
+            # [B, ...] -> [accum, B/accum, ...], microbatch i = rows i, i+accum, ...
             mbs = jax.tree.map(lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1), batch)
 
             def body(carry, mb):
-                g_acc, l_acc = carry
-                l, g = jax.value_and_grad(micro_loss)(params, mb)
-                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l), None
+                (l, m), g = grad_fn(params, mb)
+                return jax.tree.map(jnp.add, carry, (g, l, m)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            (grads, loss), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), mbs)
+            first = jax.tree.map(lambda x: x[0], mbs)
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(grad_fn, params, first))
+            zeros = (zeros[1], zeros[0][0], zeros[0][1])
+            (grads, loss, metrics), _ = jax.lax.scan(body, zeros, mbs)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
                          opt_state=opt_state, rng=state["rng"])
-        metrics = dict(loss=loss, grad_norm=global_norm(grads), tokens=batch["loss_mask"].sum())
-        return new_state, metrics
+        return new_state, dict(loss=loss, grad_norm=global_norm(grads), **metrics)
 
     return train_step
 
 
-def make_eval_step(graphdef):
-    def eval_step(params, batch):
-        logits = nnx.merge(graphdef, params)(batch["inputs"], None, batch["segment_ids"])
-        return cross_entropy(logits, batch["targets"], batch["loss_mask"])
+def make_eval_step(graphdef, objective: Objective | None = None):
+    """(params, batch[, reference]) -> (loss sum, denominator, metric sums)."""
+    objective = objective or cross_entropy_objective(graphdef)
+
+    def eval_step(params, batch, ref=None):
+        total, metrics = objective.loss(params, batch, ref)
+        return total, objective.denominator(batch), metrics
 
     return eval_step
 
 
-def evaluate(eval_fn, params, batches, mesh) -> float | None:
-    """Token-weighted mean cross-entropy over the held-out batches."""
-    total, count = 0.0, 0.0
+def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=None) -> dict[str, float]:
+    """Held-out loss (and the objective's metrics), weighted by each batch's denominator."""
+    total, denom, sums = 0.0, 0.0, {}
     for b in batches:
-        s, n = eval_fn(params, sharding.host_batch_to_global(data_lib.model_batch(b), mesh))
-        total, count = total + float(s), count + float(n)
-    return total / count if count else None
+        batch = sharding.host_batch_to_global(to_model(b), mesh)
+        t, n, m = eval_fn(params, batch) if ref is None else eval_fn(params, batch, ref)
+        total, denom = total + float(t), denom + float(n)
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    if not denom:
+        return {}
+    return {"eval_loss": total / denom, **{f"eval_{k}": v / denom for k, v in sums.items()}}
 
 
 def model_summary(config: ModelConfig, mesh, c) -> str:
@@ -176,31 +189,9 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def train_and_evaluate(c, workdir: str | None = None, devices: list | None = None) -> dict[str, Any]:
-    """Runs (or resumes) the training described by config `c` in `workdir`, on `devices`
-    (default: all)."""
-    devices = list(devices if devices is not None else jax.devices())
-    workdir = Path(workdir or c.workdir)
-    if not str(workdir):
-        raise SolarError("workdir is required (--config.workdir=RUN_DIR)")
-    validate(c, len(devices))
-    source = resolve_model(c)
-    validate(c, len(devices), source.config.max_position_embeddings)
-    tokenizer = data_lib.load_tokenizer(c.tokenizer, source.model_dir)
-    if tokenizer.vocab_size > source.config.vocab_size:
-        raise SolarError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is "
-                         f"{source.config.vocab_size}")
-    corpus = data_lib.load_corpus(c.data, tokenizer, c.seed)
-    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_run_file(workdir, source, c)
-    _say("config:\n" + "\n".join(f"  {line}" for line in c.to_yaml().strip().splitlines()))
-    _say(model_summary(source.config, mesh, c))
-    _say(f"data: {len(corpus.train)} training documents ({corpus.train_tokens:,} tokens), "
-         f"{len(corpus.eval)} held out; batch {c.batch_size} x {c.seq_len} tokens")
-
-    options = dict(dtype=c.dtype, remat=c.remat, attention_impl=c.attention_impl)
-    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))
+def _abstract_state(c, source, mesh):
+    """Shapes and shardings of the train state: params (sharded by the rules), optimizer
+    state (sharded like its params), step and rng (replicated)."""
     shapes = hf.param_shapes(source.config)
     flat_sh = sharding.param_shardings(shapes, mesh)
     param_sh = model_lib.unflatten_params(flat_sh)
@@ -212,59 +203,134 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
                                    transform_non_params=lambda _: replicated)
     state_sh = dict(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
-    abstract_state = dict(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=abstract_params,
-                          opt_state=abstract_like(abstract_opt, opt_sh),
-                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+    abstract = dict(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=abstract_params,
+                    opt_state=abstract_like(abstract_opt, opt_sh),
+                    rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+    return tx, flat_sh, param_sh, state_sh, abstract
 
+
+def _objective(c, graphdef) -> Objective:
+    if c.task == "dpo":
+        return dpo_objective(graphdef, c.dpo.beta, c.dpo.loss_type, c.dpo.label_smoothing,
+                             precomputed=c.dpo.reference == "precomputed")
+    return cross_entropy_objective(graphdef)
+
+
+def _reference_fn(c, graphdef, params, mesh, local_batch):
+    """examples -> [N, 2] log-probs of chosen and rejected under `params` (the initial model)."""
+    from solar_jax import sft_data
+
+    fn = jax.jit(reference_logps_fn(graphdef, average=c.dpo.loss_type == "ipo"))
+
+    def reference(examples):
+        out = []
+        for b in sft_data.eval_batches(examples, c.seq_len, local_batch):
+            batch = sharding.host_batch_to_global(sft_data.to_model(b), mesh)
+            rc, rr = fn(params, batch)
+            out.append(np.stack([np.asarray(rc), np.asarray(rr)], axis=1))
+        return np.concatenate(out)[: len(examples)] if out else np.zeros((0, 2), np.float32)
+
+    return reference
+
+
+def train_and_evaluate(c, workdir: str | None = None, devices: list | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the training described by config `c` in `workdir`, on `devices`
+    (default: all). c.task: cpt (documents), sft (instructions), dpo (preference pairs)."""
+    devices = list(devices if devices is not None else jax.devices())
+    workdir = Path(workdir or c.workdir)
+    if not str(workdir):
+        raise SolarError("workdir is required (--config.workdir=RUN_DIR)")
+    validate(c, len(devices))
+    source = resolve_model(c)
+    validate(c, len(devices), source.config.max_position_embeddings)
+    tokenizer = data_lib.load_tokenizer(c.tokenizer, source.model_dir)
+    if tokenizer.vocab_size > source.config.vocab_size:
+        raise SolarError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is "
+                         f"{source.config.vocab_size}")
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_run_file(workdir, source, c)
+    _say("config:\n" + "\n".join(f"  {line}" for line in c.to_yaml().strip().splitlines()))
+    _say(model_summary(source.config, mesh, c))
+
+    options = dict(dtype=c.dtype, remat=c.remat, attention_impl=c.attention_impl)
+    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))
+    tx, flat_sh, param_sh, state_sh, abstract_state = _abstract_state(c, source, mesh)
+    replicated = sharding.replicated(mesh)
     local_batch = c.batch_size // jax.process_count()
-    train_ds = data_lib.train_dataset(corpus.train, c.seq_len, local_batch, c.seed, c.data.num_threads, c.data.prefetch)
-    train_iter = iter(train_ds)
-    eval_set = data_lib.eval_batches(corpus.eval, c.seq_len, local_batch, c.eval_batches)
     ckpt = Checkpointer(workdir / "checkpoints", keep=c.keep_checkpoints, async_save=c.async_checkpoint)
+    resuming = ckpt.latest_step() is not None
+    # The initial weights are needed to start, and by DPO for its reference (a frozen copy, or
+    # log-probs computed once): load them only then.
+    needs_initial = not resuming or c.task == "dpo"
+    initial = initial_params(source, flat_sh, c.seed) if needs_initial else None
+    reference = None
+    if c.task == "dpo" and c.dpo.reference == "precomputed":
+        reference = _reference_fn(c, graphdef, initial, mesh, local_batch)
+    data = task_data.build(c, tokenizer, local_batch, reference, cache_dir=workdir)
+    _say(f"data: {data.description}")
+    train_iter = iter(data.train)
+    objective = _objective(c, graphdef)
+    ref_params = None
+    if objective.needs_reference:  # a frozen copy: the policy's buffers are donated each step
+        ref_params = jax.tree.map(jnp.copy, initial)
 
-    if ckpt.latest_step() is not None:
+    if resuming:
+        del initial
         start_step, state, _ = ckpt.restore(abstract_state, train_iter)
         _say(f"resumed from {ckpt.directory} at step {start_step}")
     else:
         start_step = 0
-        params = initial_params(source, flat_sh, c.seed)
-        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-        state = dict(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, opt_state=opt_state,
+        opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(initial)
+        state = dict(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=initial, opt_state=opt_state,
                      rng=jax.device_put(jax.random.PRNGKey(c.seed), replicated))
 
-    batch_sh = sharding.batch_sharding(mesh)
-    batch_struct = {k: jax.ShapeDtypeStruct((c.batch_size, c.seq_len), dt, sharding=batch_sh)
-                    for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("segment_ids", jnp.int32),
-                                  ("loss_mask", jnp.float32))}
+    batch_structs = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
+                     for k, (shape, dt) in data.fields.items()}
+    batch_sh = {k: v.sharding for k, v in batch_structs.items()}
     start = time.perf_counter()
-    step_fn = jax.jit(make_train_step(graphdef, tx, c.grad_accum_steps), in_shardings=(state_sh, batch_sh),
-                      out_shardings=(state_sh, replicated), donate_argnums=0)
-    step_fn = step_fn.lower(abstract_state, batch_struct).compile()
-    eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(param_sh, batch_sh), out_shardings=replicated)
+    train_step = make_train_step(graphdef, tx, c.grad_accum_steps, objective)
+    eval_step = make_eval_step(graphdef, objective)
+    if ref_params is None:
+        step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                          donate_argnums=0).lower(abstract_state, batch_structs).compile()
+        eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=replicated)
+        run_step = step_fn
+    else:
+        step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, param_sh),
+                          out_shardings=(state_sh, replicated), donate_argnums=0)
+        step_fn = step_fn.lower(abstract_state, batch_structs, abstract_state["params"]).compile()
+        eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, param_sh), out_shardings=replicated)
+        run_step = lambda st, b: step_fn(st, b, ref_params)
     _say(f"compiled the train step in {time.perf_counter() - start:.1f}s")
+
+    def run_eval(params):
+        return evaluate(eval_fn, params, data.eval, mesh, data.to_model, ref_params)
 
     metrics = MetricsWriter(workdir)
     schedule = learning_rate_schedule(c)
+    tokens_per_step = c.batch_size * c.seq_len * data.rows_per_example
     flops_per_token = train_flops_per_token(source.config, c.seq_len)
     peak = device_peak_flops()
-    meta = dict(model_dir=source.model_dir, seq_len=c.seq_len)
+    meta = dict(model_dir=source.model_dir, seq_len=c.seq_len, task=c.task)
     preemption = _Preemption()
     result: dict[str, Any] = dict(status="completed", workdir=str(workdir))
-    if start_step == 0 and c.eval_every > 0 and eval_set:
-        eval_loss = evaluate(eval_fn, state["params"], eval_set, mesh)
-        metrics.write(0, dict(loss=None, tokens_per_second=None, eval_loss=eval_loss,
-                              eval_perplexity=math.exp(min(eval_loss, 50))))
-        _say(f"step 0: eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
-        result["initial_eval_loss"] = eval_loss
-    bar = tqdm(total=c.num_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+    if start_step == 0 and data.eval:
+        ev = run_eval(state["params"])
+        if ev:
+            metrics.write(0, dict(loss=None, tokens_per_second=None, **ev, **_perplexity(c, ev)))
+            _say(f"step 0: {_eval_line(ev)}")
+            result["initial_eval"] = ev
+            result["initial_eval_loss"] = ev["eval_loss"]
+    bar = tqdm(total=c.num_steps, initial=start_step, desc=c.task, unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0, mininterval=1.0)
     try:
         step = start_step
         last_loss = None
         while step < c.num_steps:
-            batch = sharding.host_batch_to_global(data_lib.model_batch(next(train_iter)), mesh)
+            batch = sharding.host_batch_to_global(data.to_model(next(train_iter)), mesh)
             t0 = time.perf_counter()
-            state, m = step_fn(state, batch)
+            state, m = run_step(state, batch)
             loss = float(m["loss"])  # also waits for the step: honest timing
             dt = time.perf_counter() - t0
             step += 1
@@ -272,20 +338,26 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
                 raise TrainingDiverged(f"loss is {loss} at step {step}; stopped without saving it; "
                                        f"last good checkpoint: step {ckpt.latest_step()}")
             last_loss = loss
-            tps = c.batch_size * c.seq_len / dt
+            tps = tokens_per_step / dt
             row = dict(loss=loss, tokens_per_second=tps, learning_rate=float(schedule(step - 1)),
                        grad_norm=float(m["grad_norm"]), step_seconds=dt)
+            row.update({k: float(v) for k, v in m.items() if k not in ("loss", "grad_norm")})
+            if c.task == "dpo":
+                row["pairs_per_second"] = c.batch_size / dt
             if peak:
                 row["mfu"] = tps * flops_per_token / (peak * len(devices))
-            if step % c.eval_every == 0 or step == c.num_steps:
-                eval_loss = evaluate(eval_fn, state["params"], eval_set, mesh) if eval_set else None
-                if eval_loss is not None:
-                    row.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
-                    result["eval_loss"] = eval_loss
+            if (step % c.eval_every == 0 or step == c.num_steps) and data.eval:
+                ev = run_eval(state["params"])
+                row.update(ev, **_perplexity(c, ev))
+                if ev:
+                    result["eval"] = ev
+                    result["eval_loss"] = ev["eval_loss"]
             if step % c.log_every == 0 or "eval_loss" in row or step == c.num_steps:
                 metrics.write(step, row)
             bar.update(1)
             postfix = dict(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+            if "rewards/accuracies" in row:
+                postfix["acc"] = f"{row['rewards/accuracies']:.2f}"
             if "mfu" in row:
                 postfix["mfu"] = f"{row['mfu']:.1%}"
             if "eval_loss" in row:
@@ -307,7 +379,8 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         ckpt.close()
         metrics.close()
     if result["status"] == "completed" and jax.process_index() == 0:
-        plot_loss_curve(metrics.path, workdir / "loss_curve.png", title=f"{source.config.num_layers}-layer model")
+        plot_loss_curve(metrics.path, workdir / "loss_curve.png",
+                        title=f"{c.task}: {source.config.num_layers}-layer model")
         if c.export.enabled:
             out = workdir / "hf"
             hf.save_hf_params(state["params"], source.config, out, dtype=c.export.dtype,
@@ -317,6 +390,21 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
             result["export_dir"] = str(out)
             _say(f"exported the model to {out}")
     return result
+
+
+def _perplexity(c, ev: dict[str, float]) -> dict[str, float]:
+    if c.task == "dpo" or "eval_loss" not in ev:
+        return {}
+    return {"eval_perplexity": math.exp(min(ev["eval_loss"], 50))}
+
+
+def _eval_line(ev: dict[str, float]) -> str:
+    parts = [f"eval loss {ev['eval_loss']:.4f}"]
+    if "eval_rewards/accuracies" in ev:
+        parts.append(f"reward accuracy {ev['eval_rewards/accuracies']:.3f}, margin {ev['eval_rewards/margins']:.4f}")
+    else:
+        parts.append(f"perplexity {math.exp(min(ev['eval_loss'], 50)):.2f}")
+    return ", ".join(parts)
 
 
 def _check_run_file(workdir: Path, source: ModelSource, c) -> None:
