@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("convert", "upscale", "merge", "train")
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo")
 
 
 def main() -> None:
