@@ -1,0 +1,124 @@
+"""Evaluation: harness definitions on hand-written samples, scores against direct model runs."""
+
+import json
+import math
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from solar_jax import evaluate as E
+from solar_jax.errors import SolarError
+from solar_jax.lm import LanguageModel, cut_at_stops
+from tests.conftest import REPO, run_command
+
+SAMPLES = REPO / "benchmarks" / "samples"
+
+
+@pytest.fixture(scope="module")
+def lm(real_model_dir):
+    model, tok = E.load_for_eval(str(real_model_dir))
+    return LanguageModel(model, tok, batch_size=4, max_len=512)
+
+
+def test_multiple_choice_scores_equal_the_argmax_of_direct_model_runs(lm):
+    rows = E.read_task_file(SAMPLES / "arc_challenge.jsonl")
+    result = E.run_task(lm, "arc_challenge", SAMPLES, num_fewshot=0)
+    correct = []
+    for where, row in rows:
+        ctx, choices, gold = E.fmt_arc(row, where)
+        direct = []
+        for choice in choices:
+            c_ids, x_ids = lm.encode_pair(ctx, choice)
+            ids = jnp.asarray([c_ids + x_ids], jnp.int32)
+            logp = np.asarray(jax_log_softmax(lm.model(ids[:, :-1])))[0]
+            direct.append(sum(logp[len(c_ids) - 1 + j, t] for j, t in enumerate(x_ids)))
+        got = [ll for ll, _ in lm.loglikelihood([(ctx, ch) for ch in choices])]
+        np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-4)
+        correct.append(int(np.argmax(np.asarray(direct) / np.asarray([len(c) for c in choices]))) == gold)
+    assert result["acc_norm"] == pytest.approx(np.mean(correct))
+    assert result["samples"] == 2 and result["num_fewshot"] == 0
+
+
+def jax_log_softmax(logits):
+    import jax
+
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+class StubLM:
+    """Fixed log-likelihoods, to check the metric formulas exactly."""
+
+    def __init__(self, lls):
+        self.lls = list(lls)
+
+    def loglikelihood(self, requests):
+        return [(self.lls[i], False) for i in range(len(requests))]
+
+
+def test_acc_norm_divides_by_character_length(tmp_path):
+    (tmp_path / "multiple_choice.jsonl").write_text(json.dumps({"context": "Q", "choices": [" ab", " abcdef"], "gold": 1}) + "\n")
+    r = E.run_task(StubLM([-4.0, -6.0]), "multiple_choice", tmp_path)
+    assert r["acc"] == 0.0  # -4 > -6
+    assert r["acc_norm"] == 1.0  # -4/3 < -6/7
+
+
+def test_mc2_matches_its_formula(tmp_path):
+    row = {"question": "q", "mc2_targets": {"choices": ["a", "b", "c"], "labels": [1, 0, 1]}}
+    (tmp_path / "truthfulqa_mc2.jsonl").write_text(json.dumps(row) + "\n")
+    r = E.run_task(StubLM([math.log(0.5), math.log(0.3), math.log(0.2)]), "truthfulqa_mc2", tmp_path)
+    assert r["mc2"] == pytest.approx((0.5 + 0.2) / (0.5 + 0.3 + 0.2))
+
+
+def test_answer_extraction_and_stop_sequences():
+    assert E.extract_answer("so the total is\n#### 1,234") == "1234"
+    assert E.extract_answer("#### $5.") == "5"
+    assert E.extract_answer("#### 12.") == "12"
+    assert E.extract_answer("#### -3.50") == "-3.50"
+    assert E.extract_answer("The answer is 7") is None
+    assert cut_at_stops("7 apples.\n\nQuestion: next", E.GSM8K_STOPS) == "7 apples.\n\n"
+
+
+def test_generation_stops_at_a_stop_sequence(lm):
+    free = lm.generate_until([("Question: What is 2 + 2?\nAnswer:", (), 24)])[0]
+    assert len(free) > 0
+    stop = free.strip()[:3]
+    cut = lm.generate_until([("Question: What is 2 + 2?\nAnswer:", (stop,), 24)])[0]
+    assert stop not in cut and len(cut) < len(free)
+
+
+def test_every_h6_sample_file_runs_and_the_table_has_h6(tmp_path, real_model_dir):
+    results = E.evaluate_models([str(real_model_dir)], list(E.H6) + ["perplexity"], str(SAMPLES), batch_size=4,
+                                max_len=512, num_fewshot=1)
+    per = results["models"][str(real_model_dir)]["tasks"]
+    for t in E.H6:
+        assert 0.0 <= per[t]["score"] <= 1.0 and per[t]["samples"] >= 2
+    assert per["arc_challenge"]["num_fewshot"] == 1
+    assert 0 < per["perplexity"]["bits_per_byte"] < 10
+    assert "H6" in results["models"][str(real_model_dir)]
+    assert "H6" in E.table(results)
+
+
+def test_bad_task_input(tmp_path):
+    (tmp_path / "mmlu.jsonl").write_text('{"question": "q", "choices": ["a"], "answer": 0}\nnot json\n')
+    with pytest.raises(SolarError, match=r"mmlu.jsonl:2: not valid JSON"):
+        E.read_task_file(tmp_path / "mmlu.jsonl")
+    with pytest.raises(SolarError, match="unknown task 'squad'; known: arc_challenge"):
+        E.task_def("squad")
+    shutil.copy(SAMPLES / "gsm8k.jsonl", tmp_path / "gsm8k.jsonl")
+    shutil.copy(SAMPLES / "gsm8k_train.jsonl", tmp_path / "gsm8k_train.jsonl")
+    with pytest.raises(SolarError, match="num_fewshot=5 for gsm8k but its train split .* has 3 rows"):
+        E.fewshot_rows("gsm8k", tmp_path, 5, 0)
+    (tmp_path / "arc_challenge.jsonl").write_text(json.dumps({"question": "q", "choices": {"text": ["a"], "label": ["A"]}}) + "\n")
+    with pytest.raises(SolarError, match=r"arc_challenge.jsonl:1: missing field 'answerKey'"):
+        E.run_task(StubLM([0.0]), "arc_challenge", tmp_path, num_fewshot=0)
+
+
+def test_evaluate_command_bad_input_exit_2(tmp_path, real_model_dir):
+    r = run_command("solar_jax.evaluate", f"--config.model_dir={real_model_dir}", "--config.tasks=squad",
+                    f"--config.data_dir={SAMPLES}")
+    assert r.returncode == 2 and "unknown task 'squad'" in r.stderr and "Traceback" not in r.stderr
+    r = run_command("solar_jax.evaluate", f"--config.model_dir={real_model_dir}", "--config.tasks=gsm8k",
+                    f"--config.data_dir={SAMPLES}", "--config.num_fewshot=9")
+    assert r.returncode == 2 and "num_fewshot=9" in r.stderr
