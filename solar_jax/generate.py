@@ -73,14 +73,15 @@ def _generate(graphdef, state, tokens, segment_ids, key, eos_ids, pad_id, *, max
 def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
-             seed: int = 0) -> list[list[int]]:
+             seed: int = 0, pad_to: int = 0) -> list[list[int]]:
     """Continues each prompt (a list of token ids); returns the new tokens of each row,
-    up to and including the first EOS. temperature=0 is greedy (argmax)."""
+    up to and including the first EOS. temperature=0 is greedy (argmax). pad_to: left-pad
+    prompts to at least this length (fewer shapes to compile across calls)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise SolarError("generate needs at least one non-empty prompt")
     if max_new_tokens < 1:
         raise SolarError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    longest = max(len(p) for p in prompts)
+    longest = max(max(len(p) for p in prompts), pad_to)
     if longest + max_new_tokens > model.config.max_position_embeddings:
         raise SolarError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"max_position_embeddings ({model.config.max_position_embeddings})")

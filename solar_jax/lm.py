@@ -109,14 +109,24 @@ class LanguageModel:
         return totals
 
     def generate_until(self, requests: Sequence[tuple[str, Sequence[str], int]]) -> list[str]:
-        """Greedy continuation of each context, cut at the first stop sequence."""
-        out = []
+        """Greedy continuation of each context, cut at the first stop sequence. Requests are
+        decoded in batches (left-padded to a bucket length: few compiles)."""
+        out: list[str | None] = [None] * len(requests)
+        encoded = []
         for context, stops, max_tokens in requests:
             ids = self.encode(context)[-(self.max_len - max_tokens):] or [self.tokenizer.eos_id]
-            tokens = generate(self.model, [ids], max_tokens, eos_token_id=self.tokenizer.eos_id)[0]
-            text = self.tokenizer.decode([t for t in tokens if t != self.tokenizer.eos_id])
-            out.append(cut_at_stops(text, stops))
-        return out
+            encoded.append(ids)
+        order = sorted(range(len(requests)), key=lambda i: (requests[i][2], len(encoded[i])))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            max_tokens = max(requests[i][2] for i in idx)
+            width = _bucket(max(len(encoded[i]) for i in idx), self.max_len - max_tokens)
+            tokens = generate(self.model, [encoded[i] for i in idx], max_tokens, eos_token_id=self.tokenizer.eos_id,
+                              pad_to=width)
+            for i, toks in zip(idx, tokens):
+                text = self.tokenizer.decode([t for t in toks if t != self.tokenizer.eos_id])
+                out[i] = cut_at_stops(text, requests[i][1])
+        return out  # type: ignore[return-value]
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:

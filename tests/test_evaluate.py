@@ -89,8 +89,8 @@ def test_generation_stops_at_a_stop_sequence(lm):
 
 
 def test_every_h6_sample_file_runs_and_the_table_has_h6(tmp_path, real_model_dir):
-    results = E.evaluate_models([str(real_model_dir)], list(E.H6) + ["perplexity"], str(SAMPLES), batch_size=4,
-                                max_len=512, num_fewshot=1)
+    results = E.evaluate_models([str(real_model_dir)], list(E.H6) + ["perplexity"], str(SAMPLES), batch_size=8,
+                                max_len=384, num_fewshot=1)
     per = results["models"][str(real_model_dir)]["tasks"]
     for t in E.H6:
         assert 0.0 <= per[t]["score"] <= 1.0 and per[t]["samples"] >= 2

@@ -32,8 +32,8 @@ def test_a_few_sft_steps_raise_the_likelihood_of_held_out_responses(tmp_path, re
 
 
 def test_a_few_dpo_steps_raise_held_out_reward_accuracy_above_half(tmp_path, real_model_dir):
-    c = _real("dpo.py", real_model_dir, num_steps=6, batch_size=4, seq_len=160, learning_rate=2e-5,
-              warmup_steps=1, eval_every=6, checkpoint_every=6, **{"data.num_builtin": 64})
+    c = _real("dpo.py", real_model_dir, num_steps=4, batch_size=4, seq_len=128, learning_rate=3e-5,
+              warmup_steps=1, eval_every=4, checkpoint_every=4, **{"data.num_builtin": 48})
     result = train_and_evaluate(c, tmp_path / "dpo", devices=jax.devices()[:1])
     assert result["initial_eval"]["eval_loss"] == pytest.approx(np.log(2), abs=1e-5)  # policy == reference
     assert result["eval"]["eval_rewards/accuracies"] > 0.5
