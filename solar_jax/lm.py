@@ -40,6 +40,11 @@ def _score(graphdef, state, inputs, targets, segments, mask):
     return jnp.sum(lp * mask, axis=-1), jnp.all(greedy, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _token_lps(graphdef, state, inputs, targets, segments):
+    return token_log_probs(nnx.merge(graphdef, state)(inputs, None, segments), targets)
+
+
 class LanguageModel:
     def __init__(self, model: Transformer, tokenizer, batch_size: int = 8, max_len: int | None = None):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -92,6 +97,23 @@ class LanguageModel:
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         return self.score_tokens([self.encode_pair(c, x) for c, x in requests])
+
+    def token_logprobs(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """log p of each token of each text (the first conditioned on EOS), max_len tokens."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start:start + self.batch_size]
+            seqs = [([self.tokenizer.eos_id] + self.encode(t))[: self.max_len + 1] for t in chunk]
+            width = _bucket(max(len(s) - 1 for s in seqs), self.max_len)
+            inputs, targets = np.zeros((self.batch_size, width), np.int32), np.zeros((self.batch_size, width), np.int32)
+            segments = np.zeros((self.batch_size, width), np.int32)
+            for r, seq in enumerate(seqs):
+                n = len(seq) - 1
+                inputs[r, :n], targets[r, :n], segments[r, :n] = seq[:-1], seq[1:], 1
+            lp = np.asarray(_token_lps(self._graphdef, self._state, jnp.asarray(inputs), jnp.asarray(targets),
+                                       jnp.asarray(segments)))
+            out += [lp[r, : len(seq) - 1] for r, seq in enumerate(seqs)]
+        return out
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
         """Sum of log p over every token of each text, in disjoint windows of max_len tokens,
