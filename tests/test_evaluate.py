@@ -122,3 +122,21 @@ def test_evaluate_command_bad_input_exit_2(tmp_path, real_model_dir):
     r = run_command("solar_jax.evaluate", f"--config.model_dir={real_model_dir}", "--config.tasks=gsm8k",
                     f"--config.data_dir={SAMPLES}", "--config.num_fewshot=9")
     assert r.returncode == 2 and "num_fewshot=9" in r.stderr
+
+
+def test_lm_eval_adapter_gives_the_native_log_likelihoods(real_model_dir, lm):
+    import solar_jax.lm_eval  # noqa: F401  registers the model
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+
+    adapter = get_model("solar_jax").create_from_arg_string(f"model_dir={real_model_dir},batch_size=4,max_length=512")
+    pairs = [("Question: Which planet is closest to the Sun?\nAnswer:", " Mercury"),
+             ("Question: Which planet is closest to the Sun?\nAnswer:", " Jupiter"), ("", "Hello world")]
+    requests = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    got = adapter.loglikelihood(requests)
+    assert got == lm.loglikelihood(pairs)
+    rolling = adapter.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("Some text to score.",), 0)])
+    assert rolling == lm.loglikelihood_rolling(["Some text to score."])
+    gen = adapter.generate_until([Instance("generate_until", {}, ("Question: 2 + 2?\nAnswer:",
+                                                                  {"until": ["\n"], "max_gen_toks": 12}), 0)])
+    assert len(gen) == 1 and "\n" not in gen[0]
