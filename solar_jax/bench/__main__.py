@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo")
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval")
 
 
 def main() -> None:
