@@ -21,4 +21,5 @@ def get_config(arg=None):
     c.seed = 1234  # few-shot sampling
     c.dtype = "float32"
     c.output_json = ""
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # as in training
     return c

@@ -291,7 +291,7 @@ def load_for_eval(path: str, dtype: str = "float32"):
 
 def evaluate_models(model_dirs: Sequence[str], tasks: Sequence[str], data_dir: str, *, batch_size: int = 8,
                     max_len: int = 0, num_fewshot: int = -1, seed: int = 1234, limit: int = 0,
-                    dtype: str = "float32") -> dict[str, Any]:
+                    dtype: str = "float32", mesh_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
     from solar_jax.lm import LanguageModel
 
     for t in tasks:
@@ -304,9 +304,14 @@ def evaluate_models(model_dirs: Sequence[str], tasks: Sequence[str], data_dir: s
         fewshot_rows(t, data, fewshot_count(TASKS[t], num_fewshot), seed)
     results: dict[str, Any] = dict(settings=dict(tasks=list(tasks), data_dir=str(data), batch_size=batch_size,
                                                  num_fewshot=num_fewshot, seed=seed, limit=limit), models={})
+    mesh = None
+    if mesh_shape is not None:
+        from solar_jax import sharding
+
+        mesh = sharding.make_mesh(*mesh_shape)
     for path in model_dirs:
         model, tokenizer = load_for_eval(path, dtype)
-        lm = LanguageModel(model, tokenizer, batch_size, max_len or None)
+        lm = LanguageModel(model, tokenizer, batch_size, max_len or None, mesh)
         per = {t: run_task(lm, t, data, num_fewshot, seed, limit) for t in tasks}
         h6 = [per[t]["score"] for t in H6 if t in per]
         results["models"][path] = dict(tasks=per, **({"H6": float(np.mean(h6))} if len(h6) == len(H6) else {}))
@@ -338,7 +343,8 @@ def main(argv) -> None:
     if not tasks:
         raise SolarError(f"tasks is required (--config.tasks=...; known: {', '.join(TASKS)})")
     results = evaluate_models(models, tasks, c.data_dir, batch_size=c.batch_size, max_len=c.max_len,
-                              num_fewshot=c.num_fewshot, seed=c.seed, limit=c.limit, dtype=c.dtype)
+                              num_fewshot=c.num_fewshot, seed=c.seed, limit=c.limit, dtype=c.dtype,
+                              mesh_shape=(c.mesh.data, c.mesh.fsdp, c.mesh.tensor))
     print(table(results))
     if c.output_json:
         Path(c.output_json).parent.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,31 @@ def _token_lps(graphdef, state, inputs, targets, segments):
 
 
 class LanguageModel:
-    def __init__(self, model: Transformer, tokenizer, batch_size: int = 8, max_len: int | None = None):
+    def __init__(self, model: Transformer, tokenizer, batch_size: int = 8, max_len: int | None = None, mesh=None):
+        """mesh: a (data, fsdp, tensor) mesh as in training; params are placed by the same
+        rules and each batch is split over data x fsdp (batch_size must divide)."""
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.max_len = max_len or min(model.config.max_position_embeddings, 2048)
         self._graphdef, self._state = nnx.split(model)
+        self._mesh = mesh
+        if mesh is not None:
+            from solar_jax import model as model_lib
+            from solar_jax import sharding
+
+            if batch_size % sharding.data_parallel_size(mesh):
+                from solar_jax.errors import SolarError
+
+                raise SolarError(f"batch_size={batch_size} is not divisible by the data-parallel size "
+                                 f"{sharding.data_parallel_size(mesh)}")
+            flat = model_lib.flat_params(model_lib.param_dict(model))
+            shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
+            self._state = model_lib.unflatten_params({k: jax.device_put(v, shardings[k]) for k, v in flat.items()})
+            self._batch_sharding = sharding.batch_sharding(mesh)
+
+    def _put(self, *arrays):
+        if self._mesh is None:
+            return tuple(jnp.asarray(a) for a in arrays)
+        return tuple(jax.device_put(a, self._batch_sharding) for a in arrays)
 
     # ---- encoding, as the harness does ----
     def encode(self, text: str) -> list[int]:
@@ -88,8 +109,7 @@ class LanguageModel:
                 n = len(seq) - 1
                 inputs[r, :n], targets[r, :n], segments[r, :n] = seq[:-1], seq[1:], 1
                 mask[r, n - n_cont:n] = 1
-            lp, greedy = _score(self._graphdef, self._state, jnp.asarray(inputs), jnp.asarray(targets),
-                                jnp.asarray(segments), jnp.asarray(mask))
+            lp, greedy = _score(self._graphdef, self._state, *self._put(inputs, targets, segments, mask))
             lp, greedy = np.asarray(lp), np.asarray(greedy)
             for r, i in enumerate(idx):
                 out[i] = (float(lp[r]), bool(greedy[r]))
@@ -110,8 +130,7 @@ class LanguageModel:
             for r, seq in enumerate(seqs):
                 n = len(seq) - 1
                 inputs[r, :n], targets[r, :n], segments[r, :n] = seq[:-1], seq[1:], 1
-            lp = np.asarray(_token_lps(self._graphdef, self._state, jnp.asarray(inputs), jnp.asarray(targets),
-                                       jnp.asarray(segments)))
+            lp = np.asarray(_token_lps(self._graphdef, self._state, *self._put(inputs, targets, segments)))
             out += [lp[r, : len(seq) - 1] for r, seq in enumerate(seqs)]
         return out
 

@@ -140,3 +140,16 @@ def test_lm_eval_adapter_gives_the_native_log_likelihoods(real_model_dir, lm):
     gen = adapter.generate_until([Instance("generate_until", {}, ("Question: 2 + 2?\nAnswer:",
                                                                   {"until": ["\n"], "max_gen_toks": 12}), 0)])
     assert len(gen) == 1 and "\n" not in gen[0]
+
+
+def test_scoring_on_a_mesh_of_8_devices_equals_one_device(lm):
+    import jax
+
+    from solar_jax import sharding
+
+    assert jax.device_count() == 8
+    meshed = LanguageModel(lm.model, lm.tokenizer, batch_size=8, max_len=512,
+                           mesh=sharding.make_mesh(data=1, fsdp=4, tensor=2))
+    pairs = [("Question: What colour is the sky?\nAnswer:", c) for c in (" blue", " green", " red")]
+    np.testing.assert_allclose([x for x, _ in meshed.loglikelihood(pairs)], [x for x, _ in lm.loglikelihood(pairs)],
+                               rtol=1e-5, atol=1e-5)
