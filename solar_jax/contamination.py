@@ -50,17 +50,12 @@ def row_text(row: Any) -> str:
 
 def read_texts(spec: str, text_field: str = "text") -> list[str]:
     """Training files (.txt/.jsonl/.parquet via the data module) or benchmark .jsonl rows."""
-    from solar_jax.data import expand_files, read_documents
+    from solar_jax.data import expand_files, jsonl_rows, read_documents
 
     texts = []
     for path in expand_files(spec):
         if path.suffix == ".jsonl":
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        texts.append(row_text(json.loads(line)))
-                    except json.JSONDecodeError:
-                        raise SolarError(f"{path}:{n}: not valid JSON") from None
+            texts += [row_text(row) for _, row in jsonl_rows(path)]
         else:
             texts += read_documents([path], text_field)
     return texts

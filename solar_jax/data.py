@@ -156,6 +156,35 @@ def expand_files(spec: str) -> list[Path]:
     return files
 
 
+def jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(file:line, row) for each non-blank line; bad JSON or a non-object names the line."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SolarError(f"{path}:{n}: not valid JSON") from None
+            if not isinstance(row, dict):
+                raise SolarError(f"{path}:{n}: a row must be a JSON object")
+            yield f"{path}:{n}", row
+
+
+def batch_rows(rows: Sequence[dict[str, np.ndarray]], batch: int, max_batches: int = 0) -> list[dict[str, np.ndarray]]:
+    """Rows -> fixed-size batches; the last is padded with all-zero rows (segment 0: unscored)."""
+    batches = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        out = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
+        if len(chunk) < batch:
+            out = {k: np.concatenate([v, np.zeros((batch - len(chunk),) + v.shape[1:], v.dtype)]) for k, v in out.items()}
+        batches.append(out)
+        if max_batches and len(batches) >= max_batches:
+            break
+    return batches
+
+
 def read_documents(files: Sequence[Path], text_field: str = "text") -> list[str]:
     docs: list[str] = []
     for path in files:
@@ -163,17 +192,10 @@ def read_documents(files: Sequence[Path], text_field: str = "text") -> list[str]
         if suffix in (".txt", ".md"):
             docs += [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
         elif suffix in (".jsonl", ".json"):
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise SolarError(f"{path}:{n}: not valid JSON") from None
-                    if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                        raise SolarError(f"{path}:{n}: no string field {text_field!r}")
-                    docs.append(row[text_field])
+            for where, row in jsonl_rows(path):
+                if not isinstance(row.get(text_field), str):
+                    raise SolarError(f"{where}: no string field {text_field!r}")
+                docs.append(row[text_field])
         elif suffix == ".parquet":
             try:
                 import pyarrow.parquet as pq
@@ -268,17 +290,7 @@ def eval_batches(docs: Sequence[np.ndarray], seq_len: int, batch: int, max_batch
     """The held-out set packed into fixed batches (the last padded with segment 0)."""
     ds = grain.MapDataset.source(list(docs)).map(_shift).to_iter_dataset(_read_options(0, 0))
     packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
-    rows = list(packed)
-    batches = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        out = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
-        if len(chunk) < batch:  # pad with empty rows: segment 0 is masked out of the loss
-            out = {k: np.concatenate([v, np.zeros((batch - len(chunk),) + v.shape[1:], v.dtype)]) for k, v in out.items()}
-        batches.append(out)
-        if max_batches and len(batches) >= max_batches:
-            break
-    return batches
+    return batch_rows(list(packed), batch, max_batches)
 
 
 def model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

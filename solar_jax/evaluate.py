@@ -157,17 +157,9 @@ def task_def(name: str) -> TaskDef:
 def read_task_file(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise SolarError(f"task file {path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SolarError(f"{path}:{n}: not valid JSON") from None
-        if not isinstance(row, dict):
-            raise SolarError(f"{path}:{n}: a row must be a JSON object")
-        rows.append((f"{path}:{n}", row))
+    from solar_jax.data import jsonl_rows
+
+    rows = list(jsonl_rows(path))
     if not rows:
         raise SolarError(f"task file {path} is empty")
     return rows

@@ -21,7 +21,7 @@ import grain
 import jax
 import numpy as np
 
-from solar_jax.data import _read_options, expand_files
+from solar_jax.data import _read_options, batch_rows, expand_files, jsonl_rows
 from solar_jax.errors import SolarError
 
 TEMPLATES = ("alpaca", "solar", "chat")
@@ -47,12 +47,7 @@ def read_rows(spec: str) -> list[tuple[str, dict]]:
     for path in expand_files(spec):
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append((f"{path}:{n}", json.loads(line)))
-                    except json.JSONDecodeError:
-                        raise SolarError(f"{path}:{n}: not valid JSON") from None
+            rows += list(jsonl_rows(path))
         elif suffix == ".json":
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -263,17 +258,7 @@ def train_dataset(examples: list[dict], seq_len: int, local_batch: int, seed: in
 
 def eval_batches(examples: list[dict], seq_len: int, batch: int, max_batches: int = 0) -> list[dict[str, np.ndarray]]:
     """Held-out examples, one per row, padded; the last batch padded with empty rows."""
-    rows = [pad_example(ex, seq_len) for ex in examples]
-    out = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        b = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
-        if len(chunk) < batch:
-            b = {k: np.concatenate([v, np.zeros((batch - len(chunk),) + v.shape[1:], v.dtype)]) for k, v in b.items()}
-        out.append(b)
-        if max_batches and len(out) >= max_batches:
-            break
-    return out
+    return batch_rows([pad_example(ex, seq_len) for ex in examples], batch, max_batches)
 
 
 def to_model(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

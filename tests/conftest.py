@@ -90,3 +90,14 @@ def load_config(name: str, variant: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def override(c, **values):
+    """Sets config keys given as dotted names: override(c, **{"data.num_builtin": 8})."""
+    for key, value in values.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c

@@ -6,7 +6,7 @@ import pytest
 
 from solar_jax.metrics import read_metrics
 from solar_jax.train import train_and_evaluate
-from tests.conftest import load_config, run_command
+from tests.conftest import load_config, override, run_command
 
 
 def _real(config_name, real_model_dir, **overrides):
@@ -14,13 +14,7 @@ def _real(config_name, real_model_dir, **overrides):
     c.model_dir = str(real_model_dir)
     c.export.enabled = False
     c.eval_batches = 0
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 def test_a_few_sft_steps_raise_the_likelihood_of_held_out_responses(tmp_path, real_model_dir):

@@ -18,7 +18,7 @@ from solar_jax import model as model_lib
 from solar_jax.losses import token_log_probs
 from solar_jax.metrics import read_metrics
 from solar_jax.train import train_and_evaluate
-from tests.conftest import REPO, load_config, run_command
+from tests.conftest import REPO, load_config, override, run_command
 from tests.test_hf_io import hf_tensors
 
 
@@ -26,13 +26,7 @@ def tiny(**overrides):
     c = load_config("cpt.py", "tiny")
     c.upscale_m = -1
     c.export.enabled = True
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 def losses(workdir):
