@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from solar_jax import hf
-from solar_jax import model as model_lib
 from solar_jax.errors import SolarError
 from solar_jax.model_config import ModelConfig
 from solar_jax.outdir import check_output_dir
@@ -27,10 +25,9 @@ def is_run_dir(path: str | Path) -> bool:
 
 def load_run_params(workdir: str | Path, step: int | None = None) -> tuple[dict, ModelConfig, dict[str, Any], int]:
     """(params, model config, run record, step) from a solar_jax run's checkpoint (host memory)."""
-    import optax
-
+    from solar_jax import sharding
     from solar_jax.checkpoint import Checkpointer
-    from solar_jax.optim import make_optimizer
+    from solar_jax.train import abstract_state
 
     workdir = Path(workdir)
     if not is_run_dir(workdir):
@@ -38,21 +35,14 @@ def load_run_params(workdir: str | Path, step: int | None = None) -> tuple[dict,
     record = json.loads((workdir / "run.json").read_text())
     config = ModelConfig.from_hf_config(record["model_config"])
     run_config = ml_collections.ConfigDict(record["config"])
-    shapes = hf.param_shapes(config)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract_params = model_lib.unflatten_params(
-        {p: jax.ShapeDtypeStruct(s, jnp.float32, sharding=device) for p, s in shapes.items()})
-    tx = make_optimizer(run_config, abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    abstract_opt = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_opt)
-    abstract_state = dict(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=device), params=abstract_params,
-                          opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=device))
+    # The run's state layout, on one device of this process: host memory, any topology.
+    mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
+    *_, abstract = abstract_state(run_config, config, mesh)
     ckpt = Checkpointer(workdir / "checkpoints")
     if step is not None and step not in ckpt.all_steps():
         raise SolarError(f"no checkpoint at step {step} in {workdir} (have: {ckpt.all_steps()})")
-    restored_step, state, _ = ckpt.restore(abstract_state, None, step)
+    restored_step, state, _ = ckpt.restore(abstract, None, step)
     ckpt.close()
-    del optax
     return state["params"], config, record, restored_step
 
 

@@ -245,6 +245,11 @@ def parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * base**power)
 
 
+def dtype_name_of(dtype) -> str:
+    """The export name of a numpy dtype (bf16 via ml_dtypes); float32 for anything else."""
+    return {np.dtype(v): k for k, v in EXPORT_DTYPES.items()}.get(np.dtype(dtype), "float32")
+
+
 def export_dtype(name: str):
     if name not in EXPORT_DTYPES:
         raise SolarError(f"unknown dtype {name!r}; known: {', '.join(EXPORT_DTYPES)}")

@@ -250,10 +250,7 @@ def merge_stacks(spec: MergeSpec, stacks: Sequence[np.ndarray], tensor_names: Se
     consensus, sparsify, normalize, rescale = _TASK_ARITHMETIC[spec.method]
     others = [i for i in range(n) if i != spec.base]
     weights = [resolve(spec, "weight", i, tensor_names, ts, required=True) for i in others]
-    densities = [resolve(spec, "density", i, tensor_names, ts, default=1.0) for i in others]
-    for d in densities:
-        if np.any((d <= 0) | (d > 1)):
-            raise SolarError(f"density must be in (0, 1], got {float(d.min())}")
+    densities = [resolve(spec, "density", i, tensor_names, ts, default=1.0) for i in others]  # checked by validate_spec
     return task_arithmetic(
         stacks[spec.base], [stacks[i] for i in others], weights, densities, consensus=consensus,
         sparsify=sparsify, normalize=_global_flag(spec, "normalize", normalize),
@@ -391,8 +388,7 @@ def merge_hf(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dty
     ref = spec.base if spec.base is not None else 0
     first_name = table[0].hf_name
     in_dtype = np.dtype(sources[ref][first_name].dtype(first_name))
-    dtype_names = {np.dtype(v): k for k, v in hf.EXPORT_DTYPES.items()}
-    dtype_name = dtype or dtype_names.get(in_dtype, "float32")
+    dtype_name = dtype or hf.dtype_name_of(in_dtype)
     target = hf.export_dtype(dtype_name)
     by_name = {k.hf_name: k for k in table}
 

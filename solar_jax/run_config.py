@@ -85,6 +85,11 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
             check_keys(value, reference[key], f"{prefix}{key}.")
 
 
+def check_seq_len(c: ml_collections.ConfigDict, max_positions: int) -> None:
+    if c.seq_len > max_positions:
+        raise SolarError(f"seq_len={c.seq_len} is longer than the model's max_position_embeddings={max_positions}")
+
+
 def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int | None = None) -> None:
     """Config errors caught before compiling, each with one clear line."""
     from solar_jax import sharding
@@ -114,8 +119,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int 
     if micro % dp:
         raise SolarError(f"batch_size={c.batch_size} (microbatch {micro}) is not divisible by the data-parallel "
                          f"size {dp} (mesh data={data} x fsdp={fsdp})")
-    if max_positions is not None and c.seq_len > max_positions:
-        raise SolarError(f"seq_len={c.seq_len} is longer than the model's max_position_embeddings={max_positions}")
+    if max_positions is not None:
+        check_seq_len(c, max_positions)
     from solar_jax.losses import DPO_LOSSES
     from solar_jax.sft_data import check_template
     from solar_jax.task_data import TASKS

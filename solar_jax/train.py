@@ -35,7 +35,7 @@ from solar_jax.objectives import Objective, cross_entropy_objective, dpo_objecti
 from solar_jax.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
 from solar_jax.model_config import ModelConfig, preset
 from solar_jax.optim import global_norm, learning_rate_schedule, make_optimizer
-from solar_jax.run_config import validate
+from solar_jax.run_config import check_seq_len, validate
 
 
 class TrainingDiverged(RuntimeError):
@@ -189,10 +189,12 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def _abstract_state(c, source, mesh):
-    """Shapes and shardings of the train state: params (sharded by the rules), optimizer
-    state (sharded like its params), step and rng (replicated)."""
-    shapes = hf.param_shapes(source.config)
+def abstract_state(c, config: ModelConfig, mesh):
+    """Shapes and shardings of the train state for run config `c` and model `config`:
+    params (sharded by the rules), optimizer state (sharded like its params), step and rng
+    (replicated). Returns (optimizer, flat param shardings, param shardings, state
+    shardings, abstract state)."""
+    shapes = hf.param_shapes(config)
     flat_sh = sharding.param_shardings(shapes, mesh)
     param_sh = model_lib.unflatten_params(flat_sh)
     abstract_params = model_lib.unflatten_params(
@@ -242,7 +244,7 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         raise SolarError("workdir is required (--config.workdir=RUN_DIR)")
     validate(c, len(devices))
     source = resolve_model(c)
-    validate(c, len(devices), source.config.max_position_embeddings)
+    check_seq_len(c, source.config.max_position_embeddings)
     tokenizer = data_lib.load_tokenizer(c.tokenizer, source.model_dir)
     if tokenizer.vocab_size > source.config.vocab_size:
         raise SolarError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is "
@@ -255,7 +257,7 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
 
     options = dict(dtype=c.dtype, remat=c.remat, attention_impl=c.attention_impl)
     graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))
-    tx, flat_sh, param_sh, state_sh, abstract_state = _abstract_state(c, source, mesh)
+    tx, flat_sh, param_sh, state_sh, abstract = abstract_state(c, source.config, mesh)
     replicated = sharding.replicated(mesh)
     local_batch = c.batch_size // jax.process_count()
     ckpt = Checkpointer(workdir / "checkpoints", keep=c.keep_checkpoints, async_save=c.async_checkpoint)
@@ -277,7 +279,7 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
 
     if resuming:
         del initial
-        start_step, state, _ = ckpt.restore(abstract_state, train_iter)
+        start_step, state, _ = ckpt.restore(abstract, train_iter)
         _say(f"resumed from {ckpt.directory} at step {start_step}")
     else:
         start_step = 0
@@ -293,13 +295,13 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     eval_step = make_eval_step(graphdef, objective)
     if ref_params is None:
         step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                          donate_argnums=0).lower(abstract_state, batch_structs).compile()
+                          donate_argnums=0).lower(abstract, batch_structs).compile()
         eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=replicated)
         run_step = step_fn
     else:
         step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, param_sh),
                           out_shardings=(state_sh, replicated), donate_argnums=0)
-        step_fn = step_fn.lower(abstract_state, batch_structs, abstract_state["params"]).compile()
+        step_fn = step_fn.lower(abstract, batch_structs, abstract["params"]).compile()
         eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, param_sh), out_shardings=replicated)
         run_step = lambda st, b: step_fn(st, b, ref_params)
     _say(f"compiled the train step in {time.perf_counter() - start:.1f}s")

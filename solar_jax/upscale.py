@@ -137,7 +137,8 @@ def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: s
         else:
             model_index, layer = (first if key.param == "embed/embedding" else last), None
         origin[key.hf_name] = (model_index, tables[model_index][(key.param, layer)].hf_name)
-    source_dtype = _source_dtype(sources[first], origin)
+    any_name = next(iter(origin.values()))[1]
+    source_dtype = hf.dtype_name_of(sources[first][any_name].dtype(any_name))
     target = hf.export_dtype(dtype) if dtype else None
     specs = []
     for key in hf.key_table(config):
@@ -158,15 +159,6 @@ def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: s
         hf.write_shards(tmp, specs, produce, hf.parse_size(max_shard_size), lambda _: bar.update())
     bar.close()
     return Path(output_dir)
-
-
-def _source_dtype(reader_map, origin) -> str:
-    import numpy as np
-
-    any_name = next(iter(origin.values()))[1]
-    dtype = reader_map[any_name].dtype(any_name)
-    names = {np.dtype(v): k for k, v in hf.EXPORT_DTYPES.items()}
-    return names.get(np.dtype(dtype), "float32")
 
 
 def main(argv) -> None:
