@@ -17,6 +17,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from solar_jax.errors import SolarError
 
@@ -35,7 +36,9 @@ class _FrozenIteratorState:
 
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        # gs:// (and other remote) paths go to orbax/tensorstore as they are; pathlib would
+        # fold the double slash.
+        self.directory = epath.Path(directory) if "://" in str(directory) else Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))

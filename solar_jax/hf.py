@@ -308,6 +308,15 @@ def write_config(out_dir: Path, config: ModelConfig, dtype_name: str, source_dir
     (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
 
 
+def _to_host(array) -> np.ndarray:
+    """A jax array (possibly spread over several processes) -> the whole numpy array."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(jax.device_get(array))
+
+
 def save_hf_params(params: dict, config: ModelConfig, out_dir: str | Path, *, dtype: str = "float32",
                    max_shard_size: int | str = "5GB", source_dir: str | Path | None = None,
                    overwrite: bool = False, on_tensor: Callable[[str], None] | None = None) -> Path:
@@ -327,8 +336,14 @@ def save_hf_params(params: dict, config: ModelConfig, out_dir: str | Path, *, dt
         k = by_name[name]
         # Slice on the device, transfer one tensor: host memory stays at one tensor.
         array = flat[k.param] if k.layer is None else flat[k.param][k.layer]
-        return np.asarray(jax.device_get(array)).reshape(k.hf_shape).astype(target, copy=False)
+        return _to_host(array).reshape(k.hf_shape).astype(target, copy=False)
 
+    if jax.process_index() != 0:
+        # Multi-process: the gathers are collectives, so every process walks the tensors in
+        # the writer's order; only process 0 writes.
+        for k in table:
+            produce(k.hf_name)
+        return Path(out_dir)
     with atomic_output_dir(out_dir, overwrite) as tmp:
         write_config(tmp, config, dtype, source_dir)
         copy_side_files(source_dir, tmp)

@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; params stay float32
     c.remat = "none"  # none | full | dots | dots_no_batch
     c.attention_impl = "xla"  # xla | cudnn
+    c.checkpoint_dir = ""  # "" = workdir/checkpoints; a path every host sees (NFS, gs://bucket/...)
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
     c.async_checkpoint = True

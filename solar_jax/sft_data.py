@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 import grain
-import jax
 import numpy as np
 
 from solar_jax.data import _read_options, batch_rows, expand_files, jsonl_rows
@@ -238,22 +236,23 @@ def _packed_to_model(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(inputs=b["inputs"], targets=b["targets"], segment_ids=b["inputs_segment_ids"], loss_mask=b["loss_mask"])
 
 
-def train_dataset(examples: list[dict], seq_len: int, local_batch: int, seed: int, packing: bool,
+def train_dataset(examples: list[dict], seq_len: int, batch_size: int, seed: int, packing: bool,
                   num_threads: int = 0, prefetch: int = 0) -> grain.IterDataset:
-    """Infinite batches for this process, shuffled per epoch; SFT may pack (first-fit: an
-    example is never split, each keeps its own mask), DPO pairs are padded."""
-    ds = grain.MapDataset.source(examples)[jax.process_index()::jax.process_count()]
+    """Infinite global batches, shuffled per epoch (the same on every process, like
+    data.train_dataset); SFT may pack (first-fit: an example is never split, each keeps
+    its own mask), DPO pairs are padded."""
+    ds = grain.MapDataset.source(examples)
     if len(ds) == 0:
-        raise SolarError(f"process {jax.process_index()} has no training examples")
+        raise SolarError("no training examples")
     ds = ds.shuffle(seed=seed).repeat(None)
     if not packing:
         return ds.map(lambda ex: pad_example(ex, seq_len)).to_iter_dataset(
-            _read_options(num_threads, prefetch)).batch(local_batch, drop_remainder=True)
+            _read_options(num_threads, prefetch)).batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(_read_options(num_threads, prefetch))
     packed = grain.experimental.FirstFitPackIterDataset(
         it, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
-        num_packing_bins=local_batch, seed=seed)
-    return packed.map(_packed_to_model).batch(local_batch, drop_remainder=True)
+        num_packing_bins=batch_size, seed=seed)
+    return packed.map(_packed_to_model).batch(batch_size, drop_remainder=True)
 
 
 def eval_batches(examples: list[dict], seq_len: int, batch: int, max_batches: int = 0) -> list[dict[str, np.ndarray]]:

@@ -103,23 +103,11 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows of the global batch -> global arrays sharded over data x fsdp.
-
-    Each process holds rows [i * B/P, (i+1) * B/P) of the global batch of B rows (P
-    processes); a single process holds them all.
-    """
+def put_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """The global batch (the same numpy rows on every process) -> global arrays sharded
+    over data x fsdp; each process copies only the rows of its own devices."""
     out = {}
-    for key, local in batch.items():
-        sharding = batch_sharding(mesh, local.ndim)
-        global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
-        offset = local.shape[0] * jax.process_index()
-
-        def fetch(index, local=local, offset=offset):
-            rows = index[0]
-            start = (rows.start or 0) - offset
-            stop = (rows.stop if rows.stop is not None else global_shape[0]) - offset
-            return local[(slice(start, stop),) + tuple(index[1:])]
-
-        out[key] = jax.make_array_from_callback(global_shape, sharding, fetch)
+    for key, rows in batch.items():
+        out[key] = jax.make_array_from_callback(rows.shape, batch_sharding(mesh, rows.ndim),
+                                                lambda index, rows=rows: rows[index])
     return out

@@ -24,8 +24,8 @@ TASKS = ("cpt", "sft", "dpo")
 
 @dataclasses.dataclass
 class TaskData:
-    train: grain.IterDataset  # host batches of this process
-    eval: list[dict[str, np.ndarray]]
+    train: grain.IterDataset  # global batches (the same on every process)
+    eval: list[dict[str, np.ndarray]]  # global batches
     to_model: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # host batch -> step inputs
     fields: dict[str, tuple[tuple[int, ...], Any]]  # step input name -> (global shape, dtype)
     description: str
@@ -41,15 +41,15 @@ def _token_fields(prefixes, batch: int, seq_len: int) -> dict:
     return fields
 
 
-def build(c, tokenizer, local_batch: int, reference: Callable[[list[dict]], np.ndarray] | None = None,
+def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = None,
           cache_dir: Path | None = None) -> TaskData:
     """reference(examples) -> [N, 2] reference log-probs (DPO with precomputed references)."""
     if c.task == "cpt":
         corpus = data_lib.load_corpus(c.data, tokenizer, c.seed)
         return TaskData(
-            train=data_lib.train_dataset(corpus.train, c.seq_len, local_batch, c.seed, c.data.num_threads,
+            train=data_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed, c.data.num_threads,
                                          c.data.prefetch),
-            eval=data_lib.eval_batches(corpus.eval, c.seq_len, local_batch, c.eval_batches),
+            eval=data_lib.eval_batches(corpus.eval, c.seq_len, c.batch_size, c.eval_batches),
             to_model=data_lib.model_batch,
             fields=_token_fields([""], c.batch_size, c.seq_len),
             description=f"{len(corpus.train)} training documents ({corpus.train_tokens:,} tokens), "
@@ -62,9 +62,9 @@ def build(c, tokenizer, local_batch: int, reference: Callable[[list[dict]], np.n
         if not train:
             raise SolarError(f"no usable training example: {counts.report('sft data')}")
         return TaskData(
-            train=sft_data.train_dataset(train, c.seq_len, local_batch, c.seed, c.packing, c.data.num_threads,
+            train=sft_data.train_dataset(train, c.seq_len, c.batch_size, c.seed, c.packing, c.data.num_threads,
                                          c.data.prefetch),
-            eval=sft_data.eval_batches(held, c.seq_len, local_batch, c.eval_batches),
+            eval=sft_data.eval_batches(held, c.seq_len, c.batch_size, c.eval_batches),
             to_model=sft_data.to_model,
             fields=_token_fields([""], c.batch_size, c.seq_len),
             description=f"{counts.report('sft data')}; {len(held)} held out; template {c.template}, "
@@ -83,8 +83,8 @@ def build(c, tokenizer, local_batch: int, reference: Callable[[list[dict]], np.n
                 ex["ref_chosen_logps"], ex["ref_rejected_logps"] = np.float32(rc), np.float32(rr)
         fields.update(ref_chosen_logps=((c.batch_size,), jnp.float32), ref_rejected_logps=((c.batch_size,), jnp.float32))
     return TaskData(
-        train=sft_data.train_dataset(train, c.seq_len, local_batch, c.seed, False, c.data.num_threads, c.data.prefetch),
-        eval=sft_data.eval_batches(held, c.seq_len, local_batch, c.eval_batches),
+        train=sft_data.train_dataset(train, c.seq_len, c.batch_size, c.seed, False, c.data.num_threads, c.data.prefetch),
+        eval=sft_data.eval_batches(held, c.seq_len, c.batch_size, c.eval_batches),
         to_model=sft_data.to_model,
         fields=fields,
         description=f"{counts.report('dpo data')}; {len(held)} held-out pairs; template {c.template}; "

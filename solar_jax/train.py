@@ -87,6 +87,10 @@ def initial_params(source: ModelSource, shardings: dict[str, Any], seed: int) ->
     if source.slices:
         params, _ = upscale_lib.passthrough_params([params], [source.base_config], source.slices)
     flat = model_lib.flat_params(params)
+    if jax.process_count() > 1:
+        # Arrays on one local device cannot move onto other hosts' devices; the same host
+        # values on every process can (a tensor at a time).
+        return model_lib.unflatten_params({p: jax.device_put(np.asarray(v), shardings[p]) for p, v in flat.items()})
     return model_lib.unflatten_params({p: jax.device_put(v, shardings[p]) for p, v in flat.items()})
 
 
@@ -145,7 +149,7 @@ def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=
     """Held-out loss (and the objective's metrics), weighted by each batch's denominator."""
     total, denom, sums = 0.0, 0.0, {}
     for b in batches:
-        batch = sharding.host_batch_to_global(to_model(b), mesh)
+        batch = sharding.put_global_batch(to_model(b), mesh)
         t, n, m = eval_fn(params, batch) if ref is None else eval_fn(params, batch, ref)
         total, denom = total + float(t), denom + float(n)
         for k, v in m.items():
@@ -171,17 +175,31 @@ def model_summary(config: ModelConfig, mesh, c) -> str:
 
 
 class _Preemption:
-    """SIGTERM (TPU preemption, scheduler stop) -> finish the step, save, exit cleanly."""
+    """SIGTERM (TPU preemption, scheduler stop) -> finish the step, save, exit cleanly.
+
+    One process: our own signal handler. Several: JAX's preemption sync manager (started by
+    jax.distributed.initialize, which watches SIGTERM itself) makes every host agree on the
+    same step, so all of them save it; a host-local flag would let hosts save different steps."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        self.multi_process = jax.process_count() > 1
+        self._requested = False
+        self._previous = None if self.multi_process else signal.signal(signal.SIGTERM, self._handler)
 
     def _handler(self, signum, frame):
-        self.requested = True
+        self._requested = True
+
+    def reached(self, step: int) -> bool:
+        """Called once per step, by every process."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self._requested
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _say(text: str) -> None:
@@ -218,7 +236,7 @@ def _objective(c, graphdef) -> Objective:
     return cross_entropy_objective(graphdef)
 
 
-def _reference_fn(c, graphdef, params, mesh, local_batch):
+def _reference_fn(c, graphdef, params, mesh):
     """examples -> [N, 2] log-probs of chosen and rejected under `params` (the initial model)."""
     from solar_jax import sft_data
 
@@ -226,8 +244,8 @@ def _reference_fn(c, graphdef, params, mesh, local_batch):
 
     def reference(examples):
         out = []
-        for b in sft_data.eval_batches(examples, c.seq_len, local_batch):
-            batch = sharding.host_batch_to_global(sft_data.to_model(b), mesh)
+        for b in sft_data.eval_batches(examples, c.seq_len, c.batch_size):
+            batch = sharding.put_global_batch(sft_data.to_model(b), mesh)
             rc, rr = fn(params, batch)
             out.append(np.stack([np.asarray(rc), np.asarray(rr)], axis=1))
         return np.concatenate(out)[: len(examples)] if out else np.zeros((0, 2), np.float32)
@@ -259,8 +277,8 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))
     tx, flat_sh, param_sh, state_sh, abstract = abstract_state(c, source.config, mesh)
     replicated = sharding.replicated(mesh)
-    local_batch = c.batch_size // jax.process_count()
-    ckpt = Checkpointer(workdir / "checkpoints", keep=c.keep_checkpoints, async_save=c.async_checkpoint)
+    ckpt = Checkpointer(c.checkpoint_dir or workdir / "checkpoints", keep=c.keep_checkpoints,
+                        async_save=c.async_checkpoint)
     resuming = ckpt.latest_step() is not None
     # The initial weights are needed to start, and by DPO for its reference (a frozen copy, or
     # log-probs computed once): load them only then.
@@ -268,8 +286,8 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     initial = initial_params(source, flat_sh, c.seed) if needs_initial else None
     reference = None
     if c.task == "dpo" and c.dpo.reference == "precomputed":
-        reference = _reference_fn(c, graphdef, initial, mesh, local_batch)
-    data = task_data.build(c, tokenizer, local_batch, reference, cache_dir=workdir)
+        reference = _reference_fn(c, graphdef, initial, mesh)
+    data = task_data.build(c, tokenizer, reference, cache_dir=workdir)
     _say(f"data: {data.description}")
     train_iter = iter(data.train)
     objective = _objective(c, graphdef)
@@ -330,7 +348,7 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         step = start_step
         last_loss = None
         while step < c.num_steps:
-            batch = sharding.host_batch_to_global(data.to_model(next(train_iter)), mesh)
+            batch = sharding.put_global_batch(data.to_model(next(train_iter)), mesh)
             t0 = time.perf_counter()
             state, m = run_step(state, batch)
             loss = float(m["loss"])  # also waits for the step: honest timing
@@ -365,11 +383,12 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
             if "eval_loss" in row:
                 postfix["eval"] = f"{row['eval_loss']:.3f}"
             bar.set_postfix(postfix, refresh=False)
-            if step % c.checkpoint_every == 0 or step == c.num_steps or preemption.requested:
+            preempted = preemption.reached(step)
+            if step % c.checkpoint_every == 0 or step == c.num_steps or preempted:
                 ckpt.save(step, state, train_iter, meta, force=True)
             if step == c.debug_kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if preemption.requested:
+            if preempted:
                 ckpt.wait()
                 _say(f"SIGTERM: saved a checkpoint at step {step} in {ckpt.directory}; exiting")
                 result["status"] = "preempted"
@@ -380,14 +399,15 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         preemption.restore()
         ckpt.close()
         metrics.close()
-    if result["status"] == "completed" and jax.process_index() == 0:
-        plot_loss_curve(metrics.path, workdir / "loss_curve.png",
-                        title=f"{c.task}: {source.config.num_layers}-layer model")
-        if c.export.enabled:
+    if result["status"] == "completed":
+        if jax.process_index() == 0:
+            plot_loss_curve(metrics.path, workdir / "loss_curve.png",
+                            title=f"{c.task}: {source.config.num_layers}-layer model")
+        if c.export.enabled:  # collective: every process gathers each tensor, process 0 writes
             out = workdir / "hf"
             hf.save_hf_params(state["params"], source.config, out, dtype=c.export.dtype,
                               max_shard_size=c.export.max_shard_size, source_dir=source.model_dir, overwrite=True)
-            if source.model_dir is None and c.tokenizer and c.tokenizer != "bytes":
+            if source.model_dir is None and c.tokenizer and c.tokenizer != "bytes" and jax.process_index() == 0:
                 hf.copy_side_files(c.tokenizer, out)
             result["export_dir"] = str(out)
             _say(f"exported the model to {out}")
@@ -425,6 +445,9 @@ def _check_run_file(workdir: Path, source: ModelSource, c) -> None:
 def main(argv) -> None:
     from absl import flags
 
+    from solar_jax import distributed
+
+    distributed.initialize_from_flags()  # before any backend starts
     c = flags.FLAGS.config
     try:
         result = train_and_evaluate(c, c.workdir)
@@ -443,4 +466,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from solar_jax import cli
 
-    cli.run(main)
+    from solar_jax import distributed
+
+    cli.run(main, define=distributed.define_flags)
