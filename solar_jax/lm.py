@@ -11,6 +11,7 @@ lengths, so only a handful of shapes compile.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Sequence
 
@@ -67,6 +68,10 @@ class LanguageModel:
             self._state = model_lib.unflatten_params({k: jax.device_put(v, shardings[k]) for k, v in flat.items()})
             self._batch_sharding = sharding.batch_sharding(mesh)
 
+    def _mesh_context(self):
+        """The mesh for tracing (activations batch-sharded, as in training), if any."""
+        return jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
+
     def _put(self, *arrays):
         if self._mesh is None:
             return tuple(jnp.asarray(a) for a in arrays)
@@ -109,7 +114,8 @@ class LanguageModel:
                 n = len(seq) - 1
                 inputs[r, :n], targets[r, :n], segments[r, :n] = seq[:-1], seq[1:], 1
                 mask[r, n - n_cont:n] = 1
-            lp, greedy = _score(self._graphdef, self._state, *self._put(inputs, targets, segments, mask))
+            with self._mesh_context():
+                lp, greedy = _score(self._graphdef, self._state, *self._put(inputs, targets, segments, mask))
             lp, greedy = np.asarray(lp), np.asarray(greedy)
             for r, i in enumerate(idx):
                 out[i] = (float(lp[r]), bool(greedy[r]))
@@ -162,8 +168,9 @@ class LanguageModel:
             idx = order[start:start + self.batch_size]
             max_tokens = max(requests[i][2] for i in idx)
             width = _bucket(max(len(encoded[i]) for i in idx), self.max_len - max_tokens)
-            tokens = generate(self.model, [encoded[i] for i in idx], max_tokens, eos_token_id=self.tokenizer.eos_id,
-                              pad_to=width)
+            with self._mesh_context():
+                tokens = generate(self.model, [encoded[i] for i in idx], max_tokens,
+                                  eos_token_id=self.tokenizer.eos_id, pad_to=width)
             for i, toks in zip(idx, tokens):
                 text = self.tokenizer.decode([t for t in toks if t != self.tokenizer.eos_id])
                 out[i] = cut_at_stops(text, requests[i][1])

@@ -47,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_clip = 1.0
     c.dtype = "float32"  # compute dtype; params stay float32
     c.remat = "none"  # none | full | dots | dots_no_batch
-    c.attention_impl = "xla"  # xla | cudnn
+    c.attention_impl = "auto"  # auto (splash on TPU, cudnn on GPU, xla elsewhere) | xla | cudnn | splash
+    c.memory_check = True  # refuse, before compiling, a config the memory planner says cannot fit
     c.checkpoint_dir = ""  # "" = workdir/checkpoints; a path every host sees (NFS, gs://bucket/...)
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
@@ -108,6 +109,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int 
         raise SolarError(f"unknown remat {c.remat!r}; known: {', '.join(REMAT_POLICIES)}")
     if c.attention_impl not in ATTENTION_IMPLS:
         raise SolarError(f"unknown attention_impl {c.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
+    from solar_jax.attention import check_seq_len as check_attention_seq_len
+
+    check_attention_seq_len(c.attention_impl, c.seq_len)
     if c.learning_rate <= 0:
         raise SolarError(f"learning_rate must be positive, got {c.learning_rate}")
     if not 0 < c.data.eval_fraction < 1:

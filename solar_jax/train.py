@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from solar_jax import data as data_lib
 from solar_jax import hf, sharding
+from solar_jax import plan as plan_lib
 from solar_jax import model as model_lib
 from solar_jax import upscale as upscale_lib
 from solar_jax.checkpoint import Checkpointer, abstract_like
@@ -162,16 +163,27 @@ def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=
 def model_summary(config: ModelConfig, mesh, c) -> str:
     counts = config.param_counts()
     total = sum(counts.values())
-    shard = mesh.shape["fsdp"] * mesh.shape["tensor"]
-    state_bytes = 16 * total  # float32 params + grads + Adam mu and nu
     lines = [f"model: {config.model_type}, {config.num_layers} layers, d={config.hidden_size}, "
              f"heads {config.num_heads}/{config.num_kv_heads}, vocab {config.vocab_size}: {total / 1e6:.1f}M params"]
     lines += [f"  {k:14s} {v / 1e6:10.2f}M" for k, v in counts.items()]
-    lines.append(f"memory: params+grads+Adam ~ {state_bytes / 2**30:.2f} GiB, ~{state_bytes / shard / 2**30:.2f} GiB "
-                 f"per device (sharded {shard}-way); activations depend on remat={c.remat}")
     lines.append(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} tensor={mesh.shape['tensor']} "
                  f"on {mesh.devices.size} {jax.devices()[0].platform} device(s)")
     return "\n".join(lines)
+
+
+def check_memory(c, config: ModelConfig, devices: list) -> "plan_lib.Plan":
+    """The planner's per-device estimate against the device's memory, before anything is
+    loaded or compiled; a config that cannot fit is refused with the numbers."""
+    device, limit = plan_lib.local_device_name()
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    p = plan_lib.plan(c, config, device, len(devices), num_local_devices=len(local), capacity=limit)
+    if p.fits is False and c.memory_check:
+        parts = ", ".join(f"{k} {v / plan_lib.GiB:.2f}" for k, v in p.per_device.items())
+        raise SolarError(f"the config needs ~{p.total / plan_lib.GiB:.1f} GiB per device ({parts}) but a {device} "
+                         f"device has {p.capacity / plan_lib.GiB:.1f} GiB; shard more (mesh.fsdp), accumulate "
+                         f"(grad_accum_steps), remat=full, or lower batch_size/seq_len "
+                         f"(memory_check=False runs anyway)")
+    return p
 
 
 class _Preemption:
@@ -253,9 +265,11 @@ def _reference_fn(c, graphdef, params, mesh):
     return reference
 
 
-def train_and_evaluate(c, workdir: str | None = None, devices: list | None = None) -> dict[str, Any]:
+def train_and_evaluate(c, workdir: str | None = None, devices: list | None = None,
+                       verbose: bool = True) -> dict[str, Any]:
     """Runs (or resumes) the training described by config `c` in `workdir`, on `devices`
-    (default: all). c.task: cpt (documents), sft (instructions), dpo (preference pairs)."""
+    (default: all). c.task: cpt (documents), sft (instructions), dpo (preference pairs).
+    verbose=False leaves out the config dump and the model summary (the recipe's stages)."""
     devices = list(devices if devices is not None else jax.devices())
     workdir = Path(workdir or c.workdir)
     if not str(workdir):
@@ -268,10 +282,20 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         raise SolarError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is "
                          f"{source.config.vocab_size}")
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
+    memory = check_memory(c, source.config, devices)
+    # Under the mesh, the model keeps activations batch-sharded (model.batch_sharded).
+    with jax.set_mesh(mesh):
+        return _train_on_mesh(c, workdir, devices, verbose, source, tokenizer, mesh, memory)
+
+
+def _train_on_mesh(c, workdir: Path, devices: list, verbose: bool, source: ModelSource, tokenizer, mesh,
+                   memory: plan_lib.Plan) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     _check_run_file(workdir, source, c)
-    _say("config:\n" + "\n".join(f"  {line}" for line in c.to_yaml().strip().splitlines()))
-    _say(model_summary(source.config, mesh, c))
+    if verbose:
+        _say("config:\n" + "\n".join(f"  {line}" for line in c.to_yaml().strip().splitlines()))
+        _say(model_summary(source.config, mesh, c))
+        _say(memory.report())
 
     options = dict(dtype=c.dtype, remat=c.remat, attention_impl=c.attention_impl)
     graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))

@@ -1,0 +1,89 @@
+"""Attention kernels, chosen by config (attention_impl):
+
+  xla     the plain path (jax.nn.dot_product_attention, implementation="xla"): any device;
+          materialises the [B, N, T, T] probabilities
+  cudnn   cuDNN's fused attention on NVIDIA GPUs (implementation="cudnn")
+  splash  TPU splash attention (Pallas, flash-style: no T x T buffer); causal and sliding
+          window masks as block-sparse masks, packed documents as segment ids. On other
+          platforms the same kernel runs in Pallas interpret mode (slow; for tests)
+  auto    splash on TPU, cudnn on GPU, xla elsewhere
+
+Every path computes softmax(q k^T / sqrt(H) + mask) v with the mask: same segment, causal,
+and inside the sliding window if the model has one.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from solar_jax.errors import SolarError
+
+IMPLS = ("auto", "xla", "cudnn", "splash")
+FLASH_IMPLS = ("cudnn", "splash")  # no T x T probabilities kept (the memory planner's view)
+SPLASH_BLOCKS = (512, 256, 128)
+
+
+def resolve(impl: str, platform: str | None = None) -> str:
+    """'auto' -> the kernel for this platform; others unchanged."""
+    if impl not in IMPLS:
+        raise SolarError(f"unknown attention_impl {impl!r}; known: {', '.join(IMPLS)}")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.devices()[0].platform
+    return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+
+
+def check_seq_len(impl: str, seq_len: int) -> None:
+    if resolve(impl) == "splash" and seq_len % SPLASH_BLOCKS[-1]:
+        raise SolarError(f"splash attention needs seq_len a multiple of {SPLASH_BLOCKS[-1]}, got {seq_len}")
+
+
+def dense(q, k, v, mask, impl: str):
+    """q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] -> [B, T, N, H]. GQA without
+    repeating K/V: jax groups the N query heads over the K kv heads; logits and softmax
+    are float32 inside."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else "xla")
+
+
+def splash(q, k, v, segment_ids, sliding_window: int | None):
+    """q [B, T, N, H], k/v [B, T, K, H], segment_ids [B, T] -> [B, T, N, H]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, n, h = q.shape
+    block = next((s for s in SPLASH_BLOCKS if t % s == 0), None)
+    if block is None:
+        raise SolarError(f"splash attention needs seq_len a multiple of {SPLASH_BLOCKS[-1]}, got {t}")
+
+    def kernel_for(heads: int):
+        if sliding_window is None:
+            head_mask = sm.CausalMask((t, t))
+        else:  # key j visible from query i iff i - W < j <= i
+            head_mask = sm.LocalMask((t, t), (sliding_window - 1, 0), offset=0)
+        sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+        return sk.make_splash_mha(sm.MultiHeadMask([head_mask] * heads), block_sizes=sizes, head_shards=1,
+                                  q_seq_shards=1, interpret=jax.devices()[0].platform != "tpu")
+
+    def local(q, k, v, segment_ids):
+        # [B, T, N, H] -> [B, N, T, H]; the kernel takes q already scaled.
+        kernel = kernel_for(q.shape[2])
+        qt = (q * (h ** -0.5)).transpose(0, 2, 1, 3)
+        out = jax.vmap(kernel)(qt, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                               segment_ids=sk.SegmentIds(segment_ids, segment_ids))
+        return out.transpose(0, 2, 1, 3).astype(q.dtype)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "fsdp" not in mesh.axis_names:
+        return local(q, k, v, segment_ids)
+    # A Pallas kernel is not partitioned by XLA: run it per device on its batch rows (and
+    # its heads, when tensor parallelism splits them evenly).
+    from jax.sharding import PartitionSpec as P
+
+    batch = ("data", "fsdp") if b % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else None
+    tensor = mesh.shape["tensor"]
+    heads = "tensor" if tensor > 1 and n % tensor == 0 and k.shape[2] % tensor == 0 else None
+    spec = P(batch, None, heads, None)
+    return jax.shard_map(local, in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec,
+                         check_vma=False)(q, k, v, segment_ids)
+
