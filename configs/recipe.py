@@ -36,7 +36,7 @@ def get_config(arg=None):
                                              warmup_steps=2, eval_every=12, eval_batches=4, checkpoint_every=12,
                                              num_builtin=300, beta=0.3, reference="precomputed"))
     c.slerp_t = 0.5
-    c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=24, pairs=32, max_new_tokens=64,
+    c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=24, pairs=30, max_new_tokens=64,
                                             batch_size=8))
     c.sample_question = ""  # "" = the first held-out synthetic math question
     if variant == "quick":  # a smoke run of every stage: minutes, numbers meaningless

@@ -37,9 +37,11 @@ _SLICE_DEVICE = {"v4": "tpu-v4", "v5p": "tpu-v5p", "v5e": "tpu-v5e", "v5litepod"
 # The train step's temporary bytes per device (activations kept for the backward pass,
 # gradients, XLA's working buffers), per remat policy: a linear model in the terms below with
 # coefficients fitted (non-negative least squares) to `compile().memory_analysis()` temp
-# sizes of 130 float32 train steps on CPU: 8 model shapes (L 2-8, D 64-256, F/D 2-5.5,
-# V 256-4096), batches 2-8 x 64-256, meshes 1 device, fsdp=4 and data=2 x fsdp=2. Largest
-# error there: 11% (none), 18% (dots), 19% (dots_no_batch), 37% (full, on steps under 5 MiB).
+# sizes of 97 float32 train steps on CPU with the XLA flags the commands set: 4 model shapes
+# (L 2-8, D 64-256, F/D 2-5.5, V 256-4096), batches 4-8 x 64-256, meshes of 1 device, fsdp=4
+# and data=2 x fsdp=2. Largest error there: 12% (none), 16% (dots), 19% (dots_no_batch), 40%
+# (full, on steps under 6 MiB where fixed buffers dominate). Fitted on CPU: XLA on TPU/GPU
+# fuses and schedules differently, so leave headroom there.
 # `python -m solar_jax.bench plan` re-measures. Terms (t: tokens of one microbatch on a
 # device; a: compute dtype bytes; Q = (N + 2K) * head_dim; S = rows * N * T^2):
 #   d: L t D a     f: L t F a     q: L t Q a     s: L S 4 (attention probabilities)
@@ -48,10 +50,10 @@ _SLICE_DEVICE = {"v4": "tpu-v4", "v5p": "tpu-v5p", "v5e": "tpu-v5e", "v5litepod"
 #   layer: one layer's float32 weights, gathered when sharded     embed: V D 4, gathered
 #   c0: MiB of fixed buffers
 ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
-    'none': {'d': 1.727, 'f': 6.419, 'q': 1.296, 's': 2.181, 's1': 1.827, 'v': 1.428, 'g': 1.218, 'one': 1.294, 'layer': 0.85, 'embed': 1.225, 'c0': 0.338},
-    'full': {'d': 1.0, 'f': 0.0, 'q': 0.0, 's': 0.0, 's1': 2.318, 'v': 1.032, 'g': 0.998, 'one': 1.618, 'layer': 0.723, 'embed': 1.624, 'c0': 0.358},
-    'dots': {'d': 0.0, 'f': 1.879, 'q': 0.407, 's': 1.482, 's1': 1.336, 'v': 1.243, 'g': 1.267, 'one': 1.381, 'layer': 0.7, 'embed': 1.201, 'c0': 0.415},
-    'dots_no_batch': {'d': 0.0, 'f': 2.132, 'q': 0.0, 's': 0.49, 's1': 1.559, 'v': 1.242, 'g': 1.265, 'one': 1.015, 'layer': 0.983, 'embed': 0.94, 'c0': 0.7},
+    'none': {'d': 0.0, 'f': 7.296, 'q': 0.0, 's': 1.935, 's1': 1.275, 'v': 1.917, 'g': 1.413, 'one': 0.965, 'layer': 1.042, 'embed': 0.516, 'c0': 0.0},
+    'full': {'d': 1.0, 'f': 0.0, 'q': 0.0, 's': 0.0, 's1': 1.673, 'v': 1.339, 'g': 1.4, 'one': 0.982, 'layer': 0.875, 'embed': 0.407, 'c0': 0.349},
+    'dots': {'d': 0.0, 'f': 3.17, 'q': 0.0, 's': 0.543, 's1': 3.191, 'v': 1.7, 'g': 1.496, 'one': 0.556, 'layer': 1.025, 'embed': 0.465, 'c0': 0.0},
+    'dots_no_batch': {'d': 0.0, 'f': 2.236, 'q': 0.0, 's': 0.0, 's1': 3.813, 'v': 1.251, 'g': 1.642, 'one': 0.588, 'layer': 0.875, 'embed': 0.375, 'c0': 0.221},
 }
 
 

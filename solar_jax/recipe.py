@@ -69,19 +69,19 @@ def _line(m: dict[str, Any]) -> str:
             f"preference accuracy {m['preference_accuracy']:.3f} ({m['num_layers']} layers)")
 
 
-def build_stage_data(r, cpt_c, tokenizer):
-    """The held-out CPT batches and the held-out synthetic math problems every stage is scored on.
-    The math split is the one the SFT and DPO runs hold out (same generator call and seed)."""
+def build_stage_data(cpt_c, tokenizer, eval_cfg, num_builtin: int):
+    """The held-out CPT batches and the held-out synthetic math problems every stage is scored
+    on (eval_cfg: loss_batches, math_problems, pairs, max_new_tokens). The math split is the
+    one SFT and DPO runs with data.num_builtin=num_builtin hold out (same generator call, seed)."""
     from solar_jax import synth_math, task_data
     from solar_jax.stage_eval import StageData
 
     data = task_data.build(cpt_c, tokenizer)
-    batches = [data.to_model(b) for b in data.eval[: r.eval.loss_batches]]
-    n = r.sft.num_builtin
-    _, held = synth_math.generate(n, max(8, n // 10), cpt_c.seed)
-    math = [dict(question=p["rephrased_question"], answer=p["answer"]) for p in held[: r.eval.math_problems]]
-    pairs = synth_math.math_alignment(held)[: r.eval.pairs]
-    return StageData(batches, math, pairs, template="solar", max_new_tokens=r.eval.max_new_tokens)
+    batches = [data.to_model(b) for b in data.eval[: eval_cfg.loss_batches]]
+    _, held = synth_math.generate(num_builtin, max(8, num_builtin // 10), cpt_c.seed)
+    math = [dict(question=p["rephrased_question"], answer=p["answer"]) for p in held[: eval_cfg.math_problems]]
+    pairs = synth_math.math_alignment(held)[: eval_cfg.pairs]
+    return StageData(batches, math, pairs, template="solar", max_new_tokens=eval_cfg.max_new_tokens)
 
 
 def run_recipe(r) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def run_recipe(r) -> dict[str, Any]:
     (out / "base").symlink_to(model_dir.absolute(), target_is_directory=True)
     tokenizer = data_lib.load_tokenizer("", str(model_dir))
     cpt_c = stage_config("cpt.py", r.cpt, model_dir=str(out / "upscaled"), upscale_m=-1, workdir=str(out / "cpt"))
-    data = build_stage_data(r, cpt_c, tokenizer)
+    data = build_stage_data(cpt_c, tokenizer, r.eval, r.sft.num_builtin)
     clock = _Clock(len(STAGES) + 1)
     results: dict[str, Any] = dict(stages={}, runs={})
 

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval")
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan")
 
 
 def main() -> None:

@@ -1,0 +1,41 @@
+"""The paper's claims about depth up-scaling and merging, at small scale (solar_jax.reproduce).
+
+  python -m solar_jax.reproduce --config=configs/reproduce.py --config.recipe_dir=runs/recipe \
+      --config.out_dir=runs/reproduce
+
+recovery + seam: continued pretraining of SmolLM2-135M (n = 30) up-scaled with each m in
+seam_m (8: SOLAR's, drop the 2m middle layers; 0: plain duplication, 2n layers), same steps,
+batch and data; held-out loss every eval_every steps against the base model's.
+merging: Average(a, 1 - a) of the recipe's two DPO candidates for each a in average_weights,
+and SLERP at slerp_t, scored like the recipe's stages.
+"""
+
+import ml_collections
+
+VARIANTS = ("default", "quick")
+
+
+def get_config(arg=None):
+    variant = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.out_dir = "runs/reproduce"
+    c.overwrite = False
+    c.model_dir = ""  # "" = the real model
+    c.recipe_dir = ""  # a finished recipe run (its dpo_a/ and dpo_b/); "" skips the merging part
+    c.seam_m = "8,0,4"
+    c.cpt = ml_collections.ConfigDict(dict(num_steps=100, batch_size=4, seq_len=128, learning_rate=1e-4,
+                                           warmup_steps=10, eval_every=10, eval_batches=8, checkpoint_every=100))
+    c.average_weights = "0,0.25,0.5,0.75,1"
+    c.slerp_t = 0.5
+    c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=24, pairs=30, max_new_tokens=64,
+                                            batch_size=8, num_builtin=300))
+    if variant == "quick":
+        c.out_dir = "runs/reproduce-quick"
+        c.seam_m = "8,0"
+        c.cpt.update(num_steps=2, batch_size=2, seq_len=64, warmup_steps=1, eval_every=1, eval_batches=1,
+                     checkpoint_every=2)
+        c.average_weights = "0,0.5,1"
+        c.eval.update(loss_batches=1, math_problems=2, pairs=2, max_new_tokens=8, batch_size=2, num_builtin=16)
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return c
