@@ -4,6 +4,7 @@ a results table computed from the run, and an export that transformers loads."""
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +62,32 @@ def test_the_final_export_loads_and_generates_in_transformers(quick_run):
     assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 3
     results = json.loads((out / "results.json").read_text())
     assert results["final"]["transformers_answer"].strip()
+
+
+def test_reproduce_quick_writes_its_tables_from_the_runs(quick_run, tmp_path):
+    recipe_out, _ = quick_run
+    out = tmp_path / "reproduce"
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "solar_jax.reproduce", "--config=configs/reproduce.py:quick",
+                        f"--config.recipe_dir={recipe_out}", f"--config.out_dir={out}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads((out / "reproduce.json").read_text())
+    assert [e["layers"] for e in results["seam"].values()] == [44, 60]  # m = 8, and plain duplication
+    for e in results["seam"].values():
+        assert [s for s, _ in e["curve"]] == [0, 1, 2]
+    assert set(results["merging"]) == {"average_0", "average_0.5", "average_1", "slerp"}
+    assert all(e["num_layers"] == 44 for e in results["merging"].values())
+    for f in ("reproduce.md", "recovery.png", "merging.png"):
+        assert (out / f).stat().st_size > 0
+    table = (out / "reproduce.md").read_text()
+    assert f"{results['seam']['m0']['final']:.4f}" in table
+
+
+def test_steps_to_reach_interpolates_between_eval_points():
+    from solar_jax.reproduce import steps_to_reach
+
+    curve = [(0, 4.0), (10, 3.0), (20, 2.0)]
+    assert steps_to_reach(curve, 2.5) == 15.0
+    assert steps_to_reach(curve, 4.5) == 0.0
+    assert steps_to_reach(curve, 1.0) is None
