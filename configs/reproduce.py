@@ -23,11 +23,12 @@ def get_config(arg=None):
     c.model_dir = ""  # "" = the real model
     c.recipe_dir = ""  # a finished recipe run (its dpo_a/ and dpo_b/); "" skips the merging part
     c.seam_m = "8,0,4"
-    c.cpt = ml_collections.ConfigDict(dict(num_steps=100, batch_size=4, seq_len=128, learning_rate=1e-4,
-                                           warmup_steps=10, eval_every=10, eval_batches=8, checkpoint_every=100))
+    # The up-scaled model passes the base within ~25 steps here: evaluate often, train briefly.
+    c.cpt = ml_collections.ConfigDict(dict(num_steps=60, batch_size=4, seq_len=128, learning_rate=1e-4,
+                                           warmup_steps=6, eval_every=5, eval_batches=8, checkpoint_every=60))
     c.average_weights = "0,0.25,0.5,0.75,1"
     c.slerp_t = 0.5
-    c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=24, pairs=30, max_new_tokens=64,
+    c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=16, pairs=30, max_new_tokens=64,
                                             batch_size=8, num_builtin=300))
     if variant == "quick":
         c.out_dir = "runs/reproduce-quick"

@@ -84,6 +84,28 @@ def build_stage_data(cpt_c, tokenizer, eval_cfg, num_builtin: int):
     return StageData(batches, math, pairs, template="solar", max_new_tokens=eval_cfg.max_new_tokens)
 
 
+def resolve_model_dir(model_dir: str) -> Path:
+    """An HF dir, or "" for the real model (fetched on first use)."""
+    if model_dir:
+        return Path(model_dir)
+    from solar_jax.real_model import ensure_real_model
+
+    return Path(ensure_real_model())
+
+
+def fresh_output_dir(out_dir: str, overwrite: bool) -> Path:
+    """out_dir, empty: refused if it holds anything, unless overwrite (then cleared)."""
+    from solar_jax.outdir import check_output_dir
+
+    if not out_dir:
+        raise SolarError("out_dir is required (--config.out_dir=OUT)")
+    out = check_output_dir(out_dir, overwrite)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
 def run_recipe(r) -> dict[str, Any]:
     from solar_jax import data as data_lib
     from solar_jax import hf, merge, upscale
@@ -92,18 +114,9 @@ def run_recipe(r) -> dict[str, Any]:
     from solar_jax.stage_eval import evaluate_stage
     from solar_jax.train import train_and_evaluate
 
-    if not r.out_dir:
-        raise SolarError("out_dir is required (--config.out_dir=OUT)")
-    out = check_output_dir(r.out_dir, r.overwrite)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    if r.model_dir:
-        model_dir = Path(r.model_dir)
-    else:
-        from solar_jax.real_model import ensure_real_model
-
-        model_dir = Path(ensure_real_model())
+    check_output_dir(r.out_dir, r.overwrite)
+    model_dir = resolve_model_dir(r.model_dir)
+    out = fresh_output_dir(r.out_dir, r.overwrite)
     base_config = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
     (out / "base").symlink_to(model_dir.absolute(), target_is_directory=True)
     tokenizer = data_lib.load_tokenizer("", str(model_dir))

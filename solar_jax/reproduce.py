@@ -44,7 +44,7 @@ def run(c) -> dict[str, Any]:
     from solar_jax.metrics import read_metrics
     from solar_jax.model_config import ModelConfig
     from solar_jax.outdir import check_output_dir
-    from solar_jax.recipe import build_stage_data, stage_config
+    from solar_jax.recipe import build_stage_data, fresh_output_dir, resolve_model_dir, stage_config
     from solar_jax.stage_eval import evaluate_stage, heldout_loss
     from solar_jax.train import train_and_evaluate
 
@@ -52,19 +52,12 @@ def run(c) -> dict[str, Any]:
     weights = _floats(c.average_weights, "average_weights")
     if c.recipe_dir and not all((Path(c.recipe_dir) / d / "hf" / "config.json").exists() for d in ("dpo_a", "dpo_b")):
         raise SolarError(f"recipe_dir {c.recipe_dir} has no dpo_a/hf and dpo_b/hf (run solar_jax.recipe first)")
-    out = check_output_dir(c.out_dir, c.overwrite)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    if c.model_dir:
-        model_dir = Path(c.model_dir)
-    else:
-        from solar_jax.real_model import ensure_real_model
-
-        model_dir = Path(ensure_real_model())
+    check_output_dir(c.out_dir, c.overwrite)
+    model_dir = resolve_model_dir(c.model_dir)
     base = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
     for m in seam_m:
         upscale.solar_slices(base.num_layers, m)  # checks m before any work
+    out = fresh_output_dir(c.out_dir, c.overwrite)
     tokenizer = data_lib.load_tokenizer("", str(model_dir))
     t0 = time.perf_counter()
     results: dict[str, Any] = dict(base_layers=base.num_layers, seam={}, merging={})

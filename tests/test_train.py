@@ -178,9 +178,10 @@ def test_packed_batch_gives_the_per_document_losses(tiny_hf):
 
 
 def test_every_config_file_builds_and_validates():
-    from solar_jax.run_config import validate
-
     import importlib.util
+
+    from solar_jax.recipe import stage_config
+    from solar_jax.run_config import validate
 
     for path in sorted((REPO / "configs").glob("*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -189,7 +190,12 @@ def test_every_config_file_builds_and_validates():
         for variant in getattr(module, "VARIANTS", (None,)):
             c = module.get_config(variant)
             assert c is not None
-            if hasattr(module, "VARIANTS"):
+            if path.stem in ("recipe", "reproduce"):  # each training stage is a run config
+                stages = [("cpt.py", c.cpt)] + ([("sft.py", c.sft), ("dpo.py", c.dpo_a), ("dpo.py", c.dpo_b)]
+                                                if path.stem == "recipe" else [])
+                for file, overrides in stages:
+                    validate(stage_config(file, overrides), num_devices=1)
+            elif hasattr(module, "VARIANTS"):
                 validate(c, num_devices=1)
 
 
