@@ -46,7 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_eps = 1e-8
     c.grad_clip = 1.0
     c.dtype = "float32"  # compute dtype; params stay float32
-    c.remat = "none"  # none | full | dots | dots_no_batch
+    # none | full | dots | dots_no_batch. dots_no_batch (keep the projections' outputs, recompute
+    # the elementwise ops and attention scores) needs less memory than none, and on XLA CPU it is
+    # also faster (44-layer SmolLM2 step: 3.35 s vs 3.6 s): fewer stacked residuals to write.
+    c.remat = "dots_no_batch"
     c.attention_impl = "auto"  # auto (splash on TPU, cudnn on GPU, xla elsewhere) | xla | cudnn | splash
     c.memory_check = True  # refuse, before compiling, a config the memory planner says cannot fit
     c.checkpoint_dir = ""  # "" = workdir/checkpoints; a path every host sees (NFS, gs://bucket/...)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from flax import nnx
 from tqdm import tqdm
 
@@ -160,6 +161,11 @@ def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=
     return {"eval_loss": total / denom, **{f"eval_{k}": v / denom for k, v in sums.items()}}
 
 
+def config_text(c) -> str:
+    """The run config as plain YAML, keys sorted (ConfigDict.to_yaml writes Python object tags)."""
+    return yaml.safe_dump(json.loads(c.to_json_best_effort()), sort_keys=True, default_flow_style=False).strip()
+
+
 def model_summary(config: ModelConfig, mesh, c) -> str:
     counts = config.param_counts()
     total = sum(counts.values())
@@ -168,6 +174,9 @@ def model_summary(config: ModelConfig, mesh, c) -> str:
     lines += [f"  {k:14s} {v / 1e6:10.2f}M" for k, v in counts.items()]
     lines.append(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} tensor={mesh.shape['tensor']} "
                  f"on {mesh.devices.size} {jax.devices()[0].platform} device(s)")
+    # What the process runs under (cli sets both unless opted out): worth seeing when comparing runs.
+    lines.append(f"runtime: XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
+                 f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     return "\n".join(lines)
 
 
@@ -293,7 +302,7 @@ def _train_on_mesh(c, workdir: Path, devices: list, verbose: bool, source: Model
     workdir.mkdir(parents=True, exist_ok=True)
     _check_run_file(workdir, source, c)
     if verbose:
-        _say("config:\n" + "\n".join(f"  {line}" for line in c.to_yaml().strip().splitlines()))
+        _say("config:\n" + "\n".join(f"  {line}" for line in config_text(c).splitlines()))
         _say(model_summary(source.config, mesh, c))
         _say(memory.report())
 

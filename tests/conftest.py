@@ -6,7 +6,7 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_cpu_experimental_ynn_fusion_type=dot")  # the flag the commands set
+                      "--xla_cpu_experimental_ynn_fusion_type=dot,reduce")  # the flag the commands set
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import subprocess  # noqa: E402

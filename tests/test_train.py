@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from solar_jax import data as data_lib
+from solar_jax.cli import hugepage_malloc_env
 from solar_jax import hf
 from solar_jax import model as model_lib
 from solar_jax.losses import token_log_probs
@@ -123,6 +124,11 @@ def test_exact_resume_after_sigkill(tmp_path):
     flags = ["--config.num_steps=6", "--config.checkpoint_every=1", "--config.eval_every=100"]
     straight = run_command(*_train_cmd(tmp_path / "straight", *flags))
     assert straight.returncode == 0, straight.stderr
+    # The command re-executed itself (same pid) under the huge-page malloc tunable where it helps.
+    env = dict(os.environ, XLA_FLAGS="")
+    tunables = (hugepage_malloc_env(env) or env).get("GLIBC_TUNABLES", "")
+    assert f"GLIBC_TUNABLES={tunables!r}" in straight.stdout
+    assert "\n  batch_size: 8\n" in straight.stdout and "!!python" not in straight.stdout  # plain YAML config
     killed = run_command(*_train_cmd(tmp_path / "resumed", *flags, "--config.debug_kill_at_step=3"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "resumed" / "hf").exists()

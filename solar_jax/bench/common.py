@@ -27,7 +27,13 @@ def report(result: dict[str, Any]) -> None:
 
 
 def run_worker(module: str, args: list[str]) -> dict[str, Any]:
+    """Runs a worker in its own process. Every worker (solar_jax's and its peer's alike) gets
+    the host allocator setting the solar_jax commands run under, so both sides compare on
+    the same malloc."""
+    from solar_jax.cli import hugepage_malloc_env
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=os.environ.get("BENCH_XLA_FLAGS", ""))
+    env = hugepage_malloc_env(env) or env
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 from solar_jax.bench.common import gib, report, run_worker
+from solar_jax.model import REMAT_POLICIES
+from solar_jax.run_config import base_config
 
 HPARAMS = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0)
 
@@ -30,7 +32,7 @@ def _batch(vocab: int, batch: int, seq: int):
     return ids[:, :-1].astype(np.int32), ids[:, 1:].astype(np.int32)
 
 
-def _worker_jax(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -> None:
+def _worker_jax(model_dir: str, batch: int, seq: int, steps: int, warmup: int, remat: str) -> None:
     import time
 
     import jax
@@ -51,7 +53,7 @@ def _worker_jax(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -
                                        decay_embeddings=True, adam_b1=HPARAMS["b1"], adam_b2=HPARAMS["b2"],
                                        adam_eps=HPARAMS["eps"], grad_clip=HPARAMS["clip"]))
     tx = make_optimizer(c, params)
-    graphdef, _ = nnx.split(model_lib.abstract_model(config))
+    graphdef, _ = nnx.split(model_lib.abstract_model(config, remat=remat))
     state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
     x, y = _batch(config.vocab_size, batch, seq)
     b = dict(inputs=jnp.asarray(x), targets=jnp.asarray(y), segment_ids=jnp.ones_like(jnp.asarray(x)),
@@ -66,7 +68,7 @@ def _worker_jax(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -
     _report(times[warmup:], batch * seq, losses, config)
 
 
-def _worker_torch(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -> None:
+def _worker_torch(model_dir: str, batch: int, seq: int, steps: int, warmup: int, remat: str) -> None:
     import time
 
     import torch
@@ -140,6 +142,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=2, help="back-to-back solar_jax/torch pairs")
+    parser.add_argument("--remat", choices=REMAT_POLICIES, default=base_config().remat,
+                        help="solar_jax's remat policy (default: the train config's)")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--model_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -148,20 +152,26 @@ def main(argv: list[str]) -> None:
 
         apply_default_xla_flags()  # as the train command does
         fn = _worker_jax if args.worker == "jax" else _worker_torch
-        return fn(args.model_dir, args.batch, args.seq, args.steps, args.warmup)
+        return fn(args.model_dir, args.batch, args.seq, args.steps, args.warmup, args.remat)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         models = _prepare_models(args.model, Path(scratch))
+        from solar_jax.cli import hugepage_malloc_env
+
         allocator = "jemalloc (LD_PRELOAD)" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+        tunables = (hugepage_malloc_env(dict(os.environ)) or os.environ).get("GLIBC_TUNABLES")
+        allocator += f" ({tunables})" if tunables else ""
         print(f"train step, float32, batch {args.batch} x {args.seq} tokens, median of {args.steps} steps after "
-              f"{args.warmup} warmup, {args.pairs} back-to-back pairs, {os.cpu_count()} CPU cores, {allocator}")
+              f"{args.warmup} warmup, {args.pairs} back-to-back pairs, {os.cpu_count()} CPU cores, {allocator}, "
+              f"solar_jax remat {args.remat}")
         print(f"{'model':24s}{'side':12s}{'tokens/s':>10s}{'step s':>9s}{'peak RSS':>11s}{'loss@0':>9s}")
         for name, model_dir in models.items():
             runs: dict[str, list] = {"jax": [], "torch": []}
             for _ in range(args.pairs):
                 for side in ("jax", "torch"):
                     common = ["--worker", side, "--model_dir", model_dir, "--batch", str(args.batch),
-                              "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                              "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                              "--remat", args.remat]
                     runs[side].append(run_worker("solar_jax.bench.train", common))
             ratios = [j["tokens_per_second"] / t["tokens_per_second"] for j, t in zip(runs["jax"], runs["torch"])]
             for side, label in (("jax", "solar_jax"), ("torch", "torch")):
