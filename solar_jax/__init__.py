@@ -10,6 +10,12 @@
 
 import importlib
 
+from solar_jax.host_malloc import reexec_with_hugepage_malloc
+
+# Only for `python -m solar_jax.<command>` (checked against sys.orig_argv), never when
+# solar_jax is imported by another program: see host_malloc.
+reexec_with_hugepage_malloc()
+
 # Attributes load lazily (PEP 562): `python -m solar_jax.upscale` must not find its own
 # module already imported by the package, and commands import only what they use.
 _EXPORTS = {

@@ -9,6 +9,7 @@ as an ordinary safetensors directory with its tokenizer.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import importlib.util
 import os
@@ -77,7 +78,14 @@ def ensure_real_model(output_dir: Path | str = DEFAULT_DIR) -> Path:
     output_dir = Path(output_dir)
     if (output_dir / "config.json").is_file():
         return output_dir
-    return gguf_to_hf(find_gguf(), output_dir)
+    # Two processes may ask at once (parallel test workers, two commands on one host): the
+    # first builds it under an exclusive lock, the others wait and then reuse it.
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(output_dir.parent / f".{output_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (output_dir / "config.json").is_file():
+            return output_dir
+        return gguf_to_hf(find_gguf(), output_dir)
 
 
 def main(argv) -> None:

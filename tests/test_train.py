@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from solar_jax import data as data_lib
-from solar_jax.cli import hugepage_malloc_env
+from solar_jax.host_malloc import hugepage_malloc_env
 from solar_jax import hf
 from solar_jax import model as model_lib
 from solar_jax.losses import token_log_probs

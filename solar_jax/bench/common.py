@@ -30,7 +30,7 @@ def run_worker(module: str, args: list[str]) -> dict[str, Any]:
     """Runs a worker in its own process. Every worker (solar_jax's and its peer's alike) gets
     the host allocator setting the solar_jax commands run under, so both sides compare on
     the same malloc."""
-    from solar_jax.cli import hugepage_malloc_env
+    from solar_jax.host_malloc import hugepage_malloc_env
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=os.environ.get("BENCH_XLA_FLAGS", ""))
     env = hugepage_malloc_env(env) or env

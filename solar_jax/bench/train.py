@@ -156,7 +156,7 @@ def main(argv: list[str]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         models = _prepare_models(args.model, Path(scratch))
-        from solar_jax.cli import hugepage_malloc_env
+        from solar_jax.host_malloc import hugepage_malloc_env
 
         allocator = "jemalloc (LD_PRELOAD)" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
         tunables = (hugepage_malloc_env(dict(os.environ)) or os.environ).get("GLIBC_TUNABLES")
