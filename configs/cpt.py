@@ -9,7 +9,7 @@
       --config.data.train_files='gs://bucket/corpus/*.jsonl' --config.workdir=gs://bucket/runs/solar-cpt
 """
 
-from solar_jax.run_config import base_config
+from solar_jax.training.run_config import base_config
 
 VARIANTS = ("default", "tiny", "solar")
 

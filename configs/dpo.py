@@ -8,7 +8,7 @@
   # two candidates, then merge them (SOLAR): configs/merge.py with method=slerp or linear
 """
 
-from solar_jax.run_config import base_config
+from solar_jax.training.run_config import base_config
 
 VARIANTS = ("default", "tiny", "solar")
 

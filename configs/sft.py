@@ -8,7 +8,7 @@
   # the sequence: cpt -> sft -> dpo (configs/dpo.py) -> merge (configs/merge.py)
 """
 
-from solar_jax.run_config import base_config
+from solar_jax.training.run_config import base_config
 
 VARIANTS = ("default", "tiny", "solar")
 

@@ -2,7 +2,8 @@
 
   python -m solar_jax.upscale --config=configs/upscale.py \
       --config.model_dir=HF_DIR --config.m=8 --config.output_dir=OUT
-  # other seams: --config.slices=0:24,8:32   (end exclusive; start:end@k takes models[k])
+  # other seams: --config.slices=0:24,8:32   (end exclusive)
+  # from several models: --config.model_dir=A,B --config.slices=0:16@0,8:32@1   (start:end@k takes model k)
   # plain duplication (2n layers):  --config.m=0
 """
 
@@ -12,8 +13,7 @@ import ml_collections
 def get_config(arg=None):
     del arg
     c = ml_collections.ConfigDict()
-    c.model_dir = ""
-    c.models = ""  # comma-separated HF dirs, for slices from several models (start:end@k)
+    c.model_dir = ""  # an HF dir or a solar_jax run dir; comma-separated for slices of several models
     c.m = 8  # layers dropped at the seam from each copy: s = 2(n - m)
     c.slices = ""  # overrides m when set
     c.output_dir = ""

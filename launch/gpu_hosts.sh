@@ -5,4 +5,4 @@
 #   bash launch/gpu_hosts.sh --hosts=gpu0,gpu1 --dry_run -- --config=configs/cpt.py:solar --config.mesh.fsdp=-1
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 -m solar_jax.launch gpu "$@"
+exec python3 launch/launcher.py gpu "$@"

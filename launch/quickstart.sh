@@ -17,9 +17,9 @@ done
 OUT=${OUT:-runs/recipe${VARIANT:+-quick}}
 bash launch/setup.sh
 PY=.venv/bin/python
-MODEL=$($PY -m solar_jax.real_model --reuse)
+MODEL=$($PY -m solar_jax.real_model --config.reuse=True)
 echo "== real model: $MODEL"
 $PY -m solar_jax.verify --config.model_dir="$MODEL"
 echo "== the SOLAR recipe -> $OUT"
-$PY -m solar_jax.recipe --config="configs/recipe.py$VARIANT" --config.model_dir="$MODEL" --config.out_dir="$OUT" \
+$PY -m solar_jax.recipe --config="configs/recipe.py$VARIANT" --config.model_dir="$MODEL" --config.output_dir="$OUT" \
   ${ARGS[@]+"${ARGS[@]}"}

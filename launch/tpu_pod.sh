@@ -6,4 +6,4 @@
 #       -- --config=configs/cpt.py:solar --config.model_dir=/mnt/mistral-7b --config.checkpoint_dir=gs://B/ckpt
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 -m solar_jax.launch tpu "$@"
+exec python3 launch/launcher.py tpu "$@"

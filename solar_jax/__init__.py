@@ -6,36 +6,36 @@
     deeper = sj.depth_up_scale(model, m=8)    # a new model with 2(n - m) layers
     merged = sj.merge([a, b], method="slerp", t=0.5)
     sj.save_hf(model, "out_dir", dtype="bfloat16")
+
+The library is in layers, each importing only those below it: models -> weights -> surgery
+-> training -> evaluation -> pipelines. The modules at this level (train, upscale, merge,
+...) are the commands, `python -m solar_jax.X`.
 """
 
-import importlib
+import sys
+import types
 
-from solar_jax.host_malloc import reexec_with_hugepage_malloc
+from solar_jax.errors import SolarError
+from solar_jax.models.config import ModelConfig
+from solar_jax.models.generate import generate
+from solar_jax.models.transformer import Transformer
+from solar_jax.surgery.merge import merge
+from solar_jax.surgery.upscale import depth_up_scale
+from solar_jax.weights.hf import load_hf, save_hf
 
-# Only for `python -m solar_jax.<command>` (checked against sys.orig_argv), never when
-# solar_jax is imported by another program: see host_malloc.
-reexec_with_hugepage_malloc()
-
-# Attributes load lazily (PEP 562): `python -m solar_jax.upscale` must not find its own
-# module already imported by the package, and commands import only what they use.
-_EXPORTS = {
-    "ModelConfig": "solar_jax.model_config",
-    "SolarError": "solar_jax.errors",
-    "Transformer": "solar_jax.model",
-    "depth_up_scale": "solar_jax.upscale",
-    "generate": "solar_jax.generate",
-    "load_hf": "solar_jax.hf",
-    "merge": "solar_jax.merge",
-    "save_hf": "solar_jax.hf",
-}
-__all__ = sorted(_EXPORTS)
+__all__ = ["ModelConfig", "SolarError", "Transformer", "depth_up_scale", "generate", "load_hf", "merge", "save_hf"]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'solar_jax' has no attribute {name!r}")
+class _Package(types.ModuleType):
+    """Keeps the public names bound to the API. The command `python -m solar_jax.merge` is
+    a module named like the function `sj.merge`, and Python's import system binds every
+    imported submodule onto its package (importlib._bootstrap._find_and_load_unlocked):
+    importing the command would replace the function. The module stays in sys.modules."""
+
+    def __setattr__(self, name, value):
+        if name in __all__ and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
 
 
-def __dir__():
-    return __all__
+sys.modules[__name__].__class__ = _Package

@@ -1,22 +1,25 @@
-"""Shared command-line plumbing: absl flags + ml_collections configs, one-line errors, exit 2.
+"""What every command shares: its config flag, one vocabulary, and one edge for errors.
 
-Library code never reads flags; a command module defines its flags under
-`if __name__ == "__main__":` and hands its main to `run`.
+A command module is thin: `main(config)` calls the library, and
+`if __name__ == "__main__": cli.run(main, "FILE.py")` does the rest: the host settings,
+`--config=configs/FILE.py[:variant]` with `--config.key=value` overrides, and turning bad
+input into one line on stderr with exit 2 (no traceback). Library code never reads flags.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
+from solar_jax import host_malloc
+from solar_jax.config_files import config_path, load_config
 from solar_jax.errors import SolarError
-
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-
+from solar_jax.training import distributed
 
 # XLA CPU flags that were measured to help; they only touch CPU codegen. YNNPACK for dots
 # (1.14-1.25x on the train step on 2 cores against XLA's own dot emitter) and for reductions
@@ -24,6 +27,9 @@ CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # elementwise fusion was slower, 0.88x). Set before the backend starts; opt out with
 # SOLAR_JAX_XLA_DEFAULTS=0.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
+
+# Config keys that were renamed when the commands got one vocabulary: old -> new.
+RENAMED_KEYS = {"models": "model_dir", "out_dir": "output_dir"}
 
 
 def apply_default_xla_flags() -> None:
@@ -42,12 +48,36 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def define_config(name: str = "config", default_file: str | None = None) -> None:
-    """--config=path.py[:variant] with --config.key=value overrides."""
-    from ml_collections import config_flags
+def split_list(text: str | Sequence[str]) -> list[str]:
+    """'a,b' (or a list) -> ['a', 'b']: how list-valued keys such as model_dir are given."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [s.strip() for s in items if str(s).strip()]
 
-    default = str(CONFIGS_DIR / default_file) if default_file else None
-    config_flags.DEFINE_config_file(name, default, "ml_collections config file[:variant]", lock_config=True)
+
+def floats(text: str | float | Sequence[float], what: str) -> list[float]:
+    """'0.5' or '0,0.5,1' (or numbers) -> floats; one clear error otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return [float(text)]
+    try:
+        return [float(v) for v in split_list(text)]
+    except ValueError:
+        raise SolarError(f"cannot read {what} {text!r}; expected comma-separated numbers") from None
+
+
+def _check_vocabulary(argv: Sequence[str], config: ml_collections.ConfigDict | None, own_flags: set[str]) -> None:
+    """Old key names and bare flags that belong in the config get a line naming the new form."""
+    for arg in argv[1:]:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0]
+        if name.startswith("config."):
+            key = name[len("config."):].split(".")[0]
+            if key in RENAMED_KEYS and (config is None or key not in config):
+                raise SolarError(f"--config.{key} is now --config.{RENAMED_KEYS[key]}")
+        elif name not in own_flags and config is not None:
+            bare = name[2:] if name.startswith("no") and name[2:] in config else name
+            if bare in config or bare in RENAMED_KEYS:
+                raise SolarError(f"--{name} is a config key: use --config.{RENAMED_KEYS.get(bare, bare)}=...")
 
 
 # What flag and config parsing raise on bad input (ml_collections applies --config.x
@@ -55,26 +85,39 @@ def define_config(name: str = "config", default_file: str | None = None) -> None
 _PARSE_ERRORS = (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError)
 
 
-def run(main: Callable[[list[str]], None], config_file: str | None = None, define: Callable[[], None] | None = None,
-        config_required: bool = True) -> None:
-    """Defines and parses flags, runs main; bad input exits 2 with one line, no traceback.
+def _parse(config_file: str, define: Callable[[], None] | None) -> ml_collections.ConfigDict:
+    before = set(flags.FLAGS)
+    if define:
+        define()
+    own = set(flags.FLAGS) - before | {"config", "help", "helpshort", "helpfull"}
+    # The default config's keys name the right form when an old or bare flag is used
+    # (before the config flag is defined: ml_collections applies overrides right then).
+    _check_vocabulary(sys.argv, load_config(config_file), own)
+    config_flags.DEFINE_config_file("config", str(config_path(config_file)),
+                                    "ml_collections config file[:variant]", lock_config=True)
+    flags.FLAGS(sys.argv)
+    config = flags.FLAGS.config
+    config.keys()  # forces the deferred load error of a bad --config path
+    return config
 
-    config_file: default file under configs/ for --config (None: --config has no default).
-    define: defines the command's other flags.
-    """
+
+def run(main: Callable[[ml_collections.ConfigDict], None], config_file: str,
+        define: Callable[[], None] | None = None, hugepage_malloc: bool = False) -> None:
+    """The edge of every command: host settings, flags, then main(config); bad input exits 2
+    with one line, no traceback.
+
+    config_file: the default file under configs/ for --config. define: the command's own
+    flags besides --config (few: the config carries what a command takes).
+    hugepage_malloc: re-execute once under glibc's huge-page malloc (host_malloc.py). Only
+    the commands that run train steps ask: the step gains 1.06x (44-layer CPU step), and the
+    re-exec repeats the package import (~1.5-3.5 s on 2 cores), which a short command would
+    not earn back."""
+    if hugepage_malloc:
+        host_malloc.reexec_with_hugepage_malloc()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     apply_default_xla_flags()
     try:
-        if define:
-            define()
-        if config_file is not None or config_required:
-            define_config(default_file=config_file)
-        argv = flags.FLAGS(sys.argv)
-        if "config" in flags.FLAGS:
-            if flags.FLAGS.config is None and config_required:
-                raise SolarError("--config=configs/FILE.py is required")
-            if flags.FLAGS.config is not None:
-                flags.FLAGS.config.keys()  # forces the deferred load error of a bad --config path
+        config = _parse(config_file, define)
     except SolarError as e:
         fail(str(e))
     except _PARSE_ERRORS as e:
@@ -86,10 +129,23 @@ def run(main: Callable[[list[str]], None], config_file: str | None = None, defin
 
     logging.set_verbosity(logging.WARNING)
     try:
-        main(argv)
+        main(config)
     except SolarError as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted", 130)
 
 
+def define_distributed_flags() -> None:
+    """The multi-host start-up flags of the commands that train (training/distributed.py):
+    process settings, not part of a run config."""
+    flags.DEFINE_enum("distributed", "auto", list(distributed.MODES), "multi-process start: auto (from the env), on, off")
+    flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host GPU)")
+    flags.DEFINE_integer("num_processes", 0, "number of processes (multi-host GPU)")
+    flags.DEFINE_integer("process_id", -1, "this process's index (multi-host GPU)")
+
+
+def start_distributed() -> bool:
+    """jax.distributed from the flags above; before anything touches a jax backend."""
+    f = flags.FLAGS
+    return distributed.initialize(f.distributed, f.coordinator_address, f.num_processes, f.process_id)

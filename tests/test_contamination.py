@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from solar_jax import contamination as C
+from solar_jax.evaluation import contamination as C
 from tests.conftest import run_command
 
 TRAIN = ("The mitochondria is the powerhouse of the cell and it produces energy for every living organism on "
@@ -37,10 +37,13 @@ def test_neighbourhood_and_min_k_formulas():
 
 
 def test_model_checks_run_on_the_real_model(real_model_dir):
-    from solar_jax.evaluate import load_for_eval
-    from solar_jax.lm import LanguageModel
+    from solar_jax.evaluation.tasks import load_for_eval
+    from solar_jax.evaluation.lm import LanguageModel
 
     model, tok = load_for_eval(str(real_model_dir))
     lm = LanguageModel(model, tok, batch_size=8, max_len=128)
-    m = C.model_checks(lm, [TRAIN, "The capital of France is Paris, a city on the Seine."], num_neighbours=4)
-    assert 0 <= m["neighbourhood_fraction_below"] <= 1 and m["min_k_prob_mean"] < 0
+    prose = C.model_checks(lm, ["The capital of France is Paris, a city on the Seine."], num_neighbours=4)
+    noise = C.model_checks(lm, ["qz xv Paris jkw France plm Seine vbt ghh capital"], num_neighbours=4)
+    # Min-K% Prob: the rarest tokens of shuffled noise are far less likely than those of prose.
+    assert noise["min_k_prob_mean"] < prose["min_k_prob_mean"] - 1 < 0
+    assert prose["neighbourhood_fraction_below"] in (0.0, 1.0) and prose["neighbourhood_threshold"] == 0.1

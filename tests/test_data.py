@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from solar_jax import data as data_lib
+from solar_jax.training import data as data_lib
 from solar_jax.errors import SolarError
 
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from solar_jax import evaluate as E
+from solar_jax.evaluation import tasks as E
 from solar_jax.errors import SolarError
-from solar_jax.lm import LanguageModel, cut_at_stops
+from solar_jax.evaluation.lm import LanguageModel, cut_at_stops
 from tests.conftest import REPO, run_command
 
 SAMPLES = REPO / "benchmarks" / "samples"
@@ -125,7 +125,7 @@ def test_evaluate_command_bad_input_exit_2(tmp_path, real_model_dir):
 
 
 def test_lm_eval_adapter_gives_the_native_log_likelihoods(real_model_dir, lm):
-    import solar_jax.lm_eval  # noqa: F401  registers the model
+    import solar_jax.evaluation.lm_eval  # noqa: F401  registers the model
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
 
@@ -145,7 +145,7 @@ def test_lm_eval_adapter_gives_the_native_log_likelihoods(real_model_dir, lm):
 def test_scoring_on_a_mesh_of_8_devices_equals_one_device(lm):
     import jax
 
-    from solar_jax import sharding
+    from solar_jax.training import sharding
 
     assert jax.device_count() == 8
     meshed = LanguageModel(lm.model, lm.tokenizer, batch_size=8, max_len=512,

@@ -12,7 +12,7 @@ import transformers
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from solar_jax import hf
+from solar_jax.weights import hf
 from solar_jax.errors import SolarError
 from tests.conftest import make_tiny_hf, run_command
 

@@ -68,6 +68,6 @@ def test_launcher_needs_only_the_standard_library():
             "    return real(name, *a, **k)\n"
             "builtins.__import__ = guard\n"
             "sys.argv = ['x', 'gpu', '--hosts=a,b', '--dry_run', '--', '--config=c.py']\n"
-            "import runpy; runpy.run_module('solar_jax.launch', run_name='__main__')\n")
+            "import runpy; runpy.run_path('launch/launcher.py', run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--process_id=1" in r.stdout, r.stderr

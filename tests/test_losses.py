@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from solar_jax.losses import cross_entropy, dpo_loss, sequence_log_probs
+from solar_jax.training.losses import cross_entropy, dpo_loss, sequence_log_probs
 
 # Fixed sequence log-probs: policy chosen/rejected, reference chosen/rejected.
 PC, PR, RC, RR = -10.0, -14.0, -11.0, -13.0  # h = (PC - PR) - (RC - RR) = 4 - 2 = 2

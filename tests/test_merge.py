@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import solar_jax as sj
-from solar_jax import merge as M
+from solar_jax.surgery import merge as M
+from solar_jax.surgery import merge_math
 from solar_jax.errors import SolarError
 from tests.conftest import make_tiny_hf, run_command
 from tests.test_hf_io import hf_tensors
@@ -16,12 +17,12 @@ def f32(*rows):
 
 def test_linear_normalises_weights():
     a, b = f32([1.0, 2.0, 4.0]), f32([3.0, 6.0, 0.0])
-    out = M.linear([a, b], [np.array([1.0]), np.array([3.0])])
+    out = merge_math.linear([a, b], [np.array([1.0]), np.array([3.0])])
     np.testing.assert_allclose(out, f32([2.5, 5.0, 1.0]), rtol=1e-7)
-    raw = M.linear([a, b], [np.array([1.0]), np.array([3.0])], normalize=False)
+    raw = merge_math.linear([a, b], [np.array([1.0]), np.array([3.0])], normalize=False)
     np.testing.assert_allclose(raw, f32([10.0, 20.0, 4.0]), rtol=1e-7)
     with pytest.raises(SolarError, match="sum to zero"):
-        M.linear([a, b], [np.array([1.0]), np.array([-1.0])])
+        merge_math.linear([a, b], [np.array([1.0]), np.array([-1.0])])
 
 
 def _slerp64(t, a, b):
@@ -34,14 +35,14 @@ def _slerp64(t, a, b):
 def test_slerp_endpoints_midpoint_and_colinear_fallback():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(1, 64, 8)).astype(np.float32), rng.normal(size=(1, 64, 8)).astype(np.float32)
-    np.testing.assert_array_equal(M.slerp(np.array([0.0]), a, b), a)
-    np.testing.assert_array_equal(M.slerp(np.array([1.0]), a, b), b)
-    np.testing.assert_allclose(M.slerp(np.array([0.5]), a, b).ravel(), _slerp64(0.5, a, b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(merge_math.slerp(np.array([0.0]), a, b), a)
+    np.testing.assert_array_equal(merge_math.slerp(np.array([1.0]), a, b), b)
+    np.testing.assert_allclose(merge_math.slerp(np.array([0.5]), a, b).ravel(), _slerp64(0.5, a, b), rtol=1e-5, atol=1e-6)
     # Hand-computed: orthogonal unit vectors at t = 0.5 -> (1, 1) / sqrt(2).
-    np.testing.assert_allclose(M.slerp(np.array([0.5]), f32([[1.0, 0.0]]), f32([[0.0, 1.0]])),
+    np.testing.assert_allclose(merge_math.slerp(np.array([0.5]), f32([[1.0, 0.0]]), f32([[0.0, 1.0]])),
                                f32([[0.70710678, 0.70710678]]), rtol=1e-6)
     # Colinear (cos = 1 > 0.9995): lerp, so 2a at t = 0.25 gives 1.25 a (slerp would give a).
-    np.testing.assert_allclose(M.slerp(np.array([0.25]), a, 2 * a), 1.25 * a, rtol=1e-6)
+    np.testing.assert_allclose(merge_math.slerp(np.array([0.25]), a, 2 * a), 1.25 * a, rtol=1e-6)
 
 
 def test_slerp_dot_products_accumulate_in_float64():
@@ -49,7 +50,7 @@ def test_slerp_dot_products_accumulate_in_float64():
     a = rng.normal(size=(2, 3_000_000)).astype(np.float32)
     b = (a + 0.07 * rng.normal(size=a.shape)).astype(np.float32)
     exact = np.einsum("lp,lp->l", a.astype(np.float64), b.astype(np.float64))
-    np.testing.assert_allclose(M.dot64(a, b), exact, rtol=1e-13)
+    np.testing.assert_allclose(merge_math.dot64(a, b), exact, rtol=1e-13)
 
 
 def test_gradient_anchors_and_filters_resolve_like_mergekit():
@@ -65,9 +66,9 @@ def test_gradient_anchors_and_filters_resolve_like_mergekit():
 
 
 def _ta(method, base, xs, weights, densities, **kw):
-    consensus, sparsify, normalize, rescale = M._TASK_ARITHMETIC[method]
+    consensus, sparsify, normalize, rescale = M.TASK_ARITHMETIC[method]
     kw = dict(consensus=consensus, sparsify=sparsify, normalize=normalize, rescale=rescale, **kw)
-    return M.task_arithmetic(base, xs, [np.array([w]) for w in weights], [np.array([d]) for d in densities],
+    return merge_math.task_arithmetic(base, xs, [np.array([w]) for w in weights], [np.array([d]) for d in densities],
                              tensor_names=["t"], models=list(range(1, len(xs) + 1)), **kw)
 
 
@@ -126,7 +127,7 @@ def test_streamed_merge_equals_in_memory_merge(two_models, tmp_path):
     for kwargs, flags in cases:
         in_memory = sj.save_hf(sj.merge([a, b], **kwargs), tmp_path / f"mem-{kwargs['method']}")
         out = tmp_path / f"cmd-{kwargs['method']}"
-        r = run_command("solar_jax.merge", f"--config.models={a_dir},{b_dir}", f"--config.output_dir={out}", *flags)
+        r = run_command("solar_jax.merge", f"--config.model_dir={a_dir},{b_dir}", f"--config.output_dir={out}", *flags)
         assert r.returncode == 0, r.stderr
         x, y = hf_tensors(in_memory), hf_tensors(out)
         assert x.keys() == y.keys()
@@ -154,9 +155,9 @@ merge_method: ties
 base_model: {base}
 dtype: bfloat16
 """)
-    r = run_command("solar_jax.merge", f"--yaml={tmp_path / 'ties.yaml'}", f"--output_dir={tmp_path / 'y'}")
+    r = run_command("solar_jax.merge", f"--config.yaml={tmp_path / 'ties.yaml'}", f"--config.output_dir={tmp_path / 'y'}")
     assert r.returncode == 0, r.stderr
-    r = run_command("solar_jax.merge", "--config.method=ties", f"--config.base={base}", f"--config.models={a},{b}",
+    r = run_command("solar_jax.merge", "--config.method=ties", f"--config.base={base}", f"--config.model_dir={a},{b}",
                     "--config.weights=0.6,0.4", "--config.density=0.5", "--config.dtype=bfloat16",
                     f"--config.output_dir={tmp_path / 'c'}")
     assert r.returncode == 0, r.stderr
@@ -178,11 +179,11 @@ def test_bad_merge_input(two_models, tmp_path):
     a, b = two_models
     out = f"--config.output_dir={tmp_path / 'out'}"
     _, narrow = make_tiny_hf("llama_gqa", tmp_path / "narrow", intermediate_size=80)
-    _exit2(f"--config.models={a},{narrow}", out, match="model.layers.0.mlp.gate_proj.weight")
-    _exit2(f"--config.models={a},{b}", "--config.weights=1,-1", out, match="sum to zero")
-    _exit2(f"--config.models={a},{b}", "--config.method=model_soup", out, match="unknown merge method 'model_soup'")
+    _exit2(f"--config.model_dir={a},{narrow}", out, match="model.layers.0.mlp.gate_proj.weight")
+    _exit2(f"--config.model_dir={a},{b}", "--config.weights=1,-1", out, match="sum to zero")
+    _exit2(f"--config.model_dir={a},{b}", "--config.method=model_soup", out, match="unknown merge method 'model_soup'")
     (tmp_path / "bad.yaml").write_text(f"models:\n  - model: {a}\n  - model: {b}\nmerge_method: model_stock\n")
-    _exit2(f"--yaml={tmp_path / 'bad.yaml'}", f"--output_dir={tmp_path / 'out'}",
+    _exit2(f"--config.yaml={tmp_path / 'bad.yaml'}", f"--config.output_dir={tmp_path / 'out'}",
            match="unsupported merge_method 'model_stock'; supported: linear, slerp")
     assert not (tmp_path / "out").exists()
     with pytest.raises(SolarError, match="exactly two models"):

@@ -4,7 +4,7 @@ import pytest
 import transformers
 
 from solar_jax.errors import SolarError
-from solar_jax.model_config import PRESETS, ModelConfig, RopeScaling
+from solar_jax.models.config import PRESETS, ModelConfig, RopeScaling
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from solar_jax import hf
-from solar_jax.model import REMAT_POLICIES
+from solar_jax.weights import hf
+from solar_jax.models.transformer import REMAT_POLICIES
 from tests.conftest import TINY
 
 TOL = 1e-4  # max |Δlogit| in float32

@@ -10,10 +10,13 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, run_command
-from solar_jax import model as model_lib
-from solar_jax import plan, sharding, train
-from solar_jax.model_config import ModelConfig, preset
-from solar_jax.run_config import base_config
+from solar_jax.models import transformer as model_lib
+from solar_jax.training import plan
+from solar_jax.training.state import state_layout
+from solar_jax.training.step import make_train_step
+from solar_jax.training import sharding
+from solar_jax.models.config import ModelConfig, preset
+from solar_jax.training.run_config import base_config
 
 
 def _config(**kw):
@@ -39,7 +42,8 @@ def test_param_and_optimizer_bytes_equal_the_real_tree(name, mesh_shape):
     c = _config(mesh_data=mesh_shape[0], mesh_fsdp=mesh_shape[1], mesh_tensor=mesh_shape[2])
     n = int(np.prod(mesh_shape))
     mesh = sharding.make_mesh(*mesh_shape, jax.devices()[:n])
-    tx, _, param_sh, state_sh, abstract = train.abstract_state(c, config, mesh)
+    layout = state_layout(c, config, mesh)
+    tx, param_sh, state_sh, abstract = layout.optimizer, layout.param_shardings, layout.state_shardings, layout.abstract
     # Real arrays with the train step's shardings (zeros: the values do not matter).
     params = jax.jit(lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract["params"]),
                      out_shardings=param_sh)()
@@ -60,12 +64,13 @@ def test_activation_estimate_within_25_percent_of_the_compiled_step(remat, mesh_
                 mesh_tensor=mesh_shape[2])
     mesh = sharding.make_mesh(*mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
     graphdef, _ = nnx.split(model_lib.abstract_model(HELD_OUT, remat=remat))
-    tx, _, _, state_sh, abstract = train.abstract_state(c, HELD_OUT, mesh)
+    layout = state_layout(c, HELD_OUT, mesh)
+    tx, state_sh, abstract = layout.optimizer, layout.state_shardings, layout.abstract
     batch = {k: jax.ShapeDtypeStruct((8, 128), dt, sharding=sharding.batch_sharding(mesh))
              for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("segment_ids", jnp.int32),
                            ("loss_mask", jnp.float32))}
     with jax.set_mesh(mesh):
-        compiled = jax.jit(train.make_train_step(graphdef, tx, 1), donate_argnums=0,
+        compiled = jax.jit(make_train_step(graphdef, tx, 1), donate_argnums=0,
                            in_shardings=(state_sh, {k: v.sharding for k, v in batch.items()}),
                            out_shardings=(state_sh, sharding.replicated(mesh))).lower(abstract, batch).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes

@@ -2,7 +2,7 @@
 
 import json
 
-from solar_jax.verify import verify
+from solar_jax.evaluation.parity import verify
 from tests.conftest import run_command
 
 
@@ -22,5 +22,5 @@ def test_real_model_dir_is_plain_float32_llama(real_model_dir):
 
 
 def test_real_model_command_refuses_existing_dir(real_model_dir):
-    r = run_command("solar_jax.real_model", f"--output_dir={real_model_dir}")
+    r = run_command("solar_jax.real_model", f"--config.output_dir={real_model_dir}")
     assert r.returncode == 2 and "not empty" in r.stderr

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from solar_jax.recipe import STAGES
+from solar_jax.pipelines.recipe import STAGES
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_quick_recipe_produces_every_stage(quick_run):
 
 
 def test_results_table_is_computed_from_the_run(quick_run):
-    from solar_jax.metrics import read_metrics
+    from solar_jax.training.metrics import read_metrics
 
     out, _ = quick_run
     results = json.loads((out / "results.json").read_text())
@@ -69,7 +69,7 @@ def test_reproduce_quick_writes_its_tables_from_the_runs(quick_run, tmp_path):
     out = tmp_path / "reproduce"
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
     r = subprocess.run([sys.executable, "-m", "solar_jax.reproduce", "--config=configs/reproduce.py:quick",
-                        f"--config.recipe_dir={recipe_out}", f"--config.out_dir={out}"],
+                        f"--config.recipe_dir={recipe_out}", f"--config.output_dir={out}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((out / "reproduce.json").read_text())
@@ -85,7 +85,7 @@ def test_reproduce_quick_writes_its_tables_from_the_runs(quick_run, tmp_path):
 
 
 def test_steps_to_reach_interpolates_between_eval_points():
-    from solar_jax.reproduce import steps_to_reach
+    from solar_jax.pipelines.reproduce import steps_to_reach
 
     curve = [(0, 4.0), (10, 3.0), (20, 2.0)]
     assert steps_to_reach(curve, 2.5) == 15.0

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from solar_jax import data as data_lib
-from solar_jax import sft_data, synth_math
+from solar_jax.training import data as data_lib
+from solar_jax.training import synth_math
+from solar_jax.training import sft_data
 from solar_jax.errors import SolarError
 
 ROWS = [

@@ -10,7 +10,7 @@ import transformers
 
 import solar_jax as sj
 from solar_jax.errors import SolarError
-from solar_jax.upscale import Slice, parse_slices
+from solar_jax.surgery.upscale import Slice, parse_slices
 from tests.conftest import make_tiny_hf, run_command
 from tests.test_hf_io import hf_tensors
 
@@ -73,7 +73,7 @@ def test_other_seams_and_several_models(base4, tmp_path):
     np.testing.assert_array_equal(np.asarray(custom.layers.attn.q[...]), np.concatenate([q[0:3], q[2:4]]))
     other, other_src = make_tiny_hf("llama_gqa", tmp_path / "other", seed=7, num_hidden_layers=4)
     out = tmp_path / "two"
-    r = run_command("solar_jax.upscale", f"--config.models={src},{other_src}", "--config.slices=0:2@0,2:4@1",
+    r = run_command("solar_jax.upscale", f"--config.model_dir={src},{other_src}", "--config.slices=0:2@0,2:4@1",
                     f"--config.output_dir={out}")
     assert r.returncode == 0, r.stderr
     t, a, b = hf_tensors(out), hf_tensors(src), hf_tensors(other_src)
@@ -88,7 +88,7 @@ def test_streaming_keeps_the_input_dtype_and_yaml_passthrough(tmp_path):
     (tmp_path / "up.yaml").write_text(
         f"slices:\n  - sources:\n      - model: {src}\n        layer_range: [0, 3]\n"
         f"  - sources:\n      - model: {src}\n        layer_range: [1, 4]\nmerge_method: passthrough\n")
-    r = run_command("solar_jax.merge", f"--yaml={tmp_path / 'up.yaml'}", f"--output_dir={tmp_path / 'y'}")
+    r = run_command("solar_jax.merge", f"--config.yaml={tmp_path / 'up.yaml'}", f"--config.output_dir={tmp_path / 'y'}")
     assert r.returncode == 0, r.stderr
     r = run_command("solar_jax.upscale", f"--config.model_dir={src}", "--config.m=1", f"--config.output_dir={tmp_path / 'c'}")
     assert r.returncode == 0, r.stderr

@@ -21,8 +21,8 @@ def _worker(side: str, model_dir: str, out_dir: str) -> None:
     if side == "solar_jax":
         import jax  # noqa: F401  (imports count in the baseline, not in the work)
 
-        from solar_jax import hf
-        from solar_jax.model_config import ModelConfig
+        from solar_jax.weights import hf
+        from solar_jax.models.config import ModelConfig
 
         baseline = current_rss_bytes()
         with Timer() as t:
@@ -45,13 +45,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--model_dir", default=None, help="HF dir (default: the real model SmolLM2-135M)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=["solar_jax", "transformers"], help=argparse.SUPPRESS)
-    parser.add_argument("--out_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--output_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return _worker(args.worker, args.model_dir, args.out_dir)
+        return _worker(args.worker, args.model_dir, args.output_dir)
 
-    from solar_jax.hf import open_checkpoint
-    from solar_jax.real_model import ensure_real_model
+    from solar_jax.weights.hf import open_checkpoint
+    from solar_jax.weights.real_model import ensure_real_model
 
     model_dir = Path(args.model_dir or ensure_real_model())
     files = {r.path for r in open_checkpoint(model_dir).values()}
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
             for side in results:
                 out = scratch / f"{side}-{i}"
                 results[side].append(run_worker("solar_jax.bench.convert",
-                                                ["--worker", side, "--model_dir", str(model_dir), "--out_dir", str(out)]))
+                                                ["--worker", side, "--model_dir", str(model_dir), "--output_dir", str(out)]))
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -19,14 +19,9 @@ from solar_jax.bench.common import gib, report, run_worker
 
 
 def _config(mode: str, model: str, steps: int, batch: int, seq: int):
-    import importlib.util
+    from solar_jax.config_files import load_config
 
-    from solar_jax.cli import CONFIGS_DIR
-
-    spec = importlib.util.spec_from_file_location("dpo_config", CONFIGS_DIR / "dpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("tiny" if model == "tiny" else None)
+    c = load_config("dpo.py", "tiny" if model == "tiny" else None)
     c.num_steps, c.batch_size, c.seq_len = steps, batch, seq
     c.dpo.reference = mode
     c.export.enabled = False
@@ -40,8 +35,8 @@ def run(mode: str, model: str, steps: int, batch: int, seq: int, workdir: str) -
     import jax
 
     from solar_jax.bench.common import peak_rss_bytes
-    from solar_jax.metrics import read_metrics
-    from solar_jax.train import train_and_evaluate
+    from solar_jax.training.metrics import read_metrics
+    from solar_jax.training.loop import train_and_evaluate
 
     c = _config(mode, model, steps, batch, seq)
     start = time.perf_counter()

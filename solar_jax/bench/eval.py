@@ -15,7 +15,7 @@ from solar_jax.bench.common import gib, report, run_worker
 
 
 def _requests(n: int) -> list[tuple[str, str]]:
-    from solar_jax import synth_math
+    from solar_jax.training import synth_math
 
     _, held = synth_math.generate(10, n, seed=7)
     out = []
@@ -33,8 +33,8 @@ def _worker(side: str, model_dir: str, n: int, batch: int) -> None:
 
     reqs = _requests(n)
     if side == "solar_jax":
-        from solar_jax.evaluate import load_for_eval
-        from solar_jax.lm import LanguageModel
+        from solar_jax.evaluation.tasks import load_for_eval
+        from solar_jax.evaluation.lm import LanguageModel
 
         model, tok = load_for_eval(model_dir)
         lm = LanguageModel(model, tok, batch_size=batch, max_len=512)
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
         return _worker(args.worker, args.model_dir, args.questions, args.batch)
     import numpy as np
 
-    from solar_jax.real_model import ensure_real_model
+    from solar_jax.weights.real_model import ensure_real_model
 
     model_dir = str(ensure_real_model())
     res = {side: run_worker("solar_jax.bench.eval", ["--worker", side, "--model_dir", model_dir, "--questions",

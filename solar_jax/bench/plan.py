@@ -16,17 +16,20 @@ def measure(config, c, mesh_shape) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from solar_jax import model as model_lib
-    from solar_jax import sharding, train
+    from solar_jax.models import transformer as model_lib
+    from solar_jax.training import sharding
+    from solar_jax.training.state import state_layout
+    from solar_jax.training.step import make_train_step
 
     mesh = sharding.make_mesh(*mesh_shape, jax.devices()[:mesh_shape[0] * mesh_shape[1] * mesh_shape[2]])
     graphdef, _ = nnx.split(model_lib.abstract_model(config, dtype=c.dtype, remat=c.remat))
-    tx, _, _, state_sh, abstract = train.abstract_state(c, config, mesh)
+    layout = state_layout(c, config, mesh)
+    tx, state_sh, abstract = layout.optimizer, layout.state_shardings, layout.abstract
     batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.seq_len), dt, sharding=sharding.batch_sharding(mesh))
              for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("segment_ids", jnp.int32),
                            ("loss_mask", jnp.float32))}
     with jax.set_mesh(mesh):
-        compiled = jax.jit(train.make_train_step(graphdef, tx, c.grad_accum_steps), donate_argnums=0,
+        compiled = jax.jit(make_train_step(graphdef, tx, c.grad_accum_steps), donate_argnums=0,
                            in_shardings=(state_sh, {k: v.sharding for k, v in batch.items()}),
                            out_shardings=(state_sh, sharding.replicated(mesh))).lower(abstract, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -36,9 +39,9 @@ def main(argv) -> None:
     from solar_jax import cli
 
     cli.apply_default_xla_flags()
-    from solar_jax import plan
-    from solar_jax.model_config import ModelConfig, preset
-    from solar_jax.run_config import base_config
+    from solar_jax.training import plan
+    from solar_jax.models.config import ModelConfig, preset
+    from solar_jax.training.run_config import base_config
 
     models = {"tiny": preset("tiny"),
               "held-out": ModelConfig(vocab_size=512, hidden_size=96, intermediate_size=256, num_layers=6,

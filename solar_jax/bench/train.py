@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from solar_jax.bench.common import gib, report, run_worker
-from solar_jax.model import REMAT_POLICIES
-from solar_jax.run_config import base_config
+from solar_jax.models.transformer import REMAT_POLICIES
+from solar_jax.training.run_config import base_config
 
 HPARAMS = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0)
 
@@ -40,11 +40,11 @@ def _worker_jax(model_dir: str, batch: int, seq: int, steps: int, warmup: int, r
     import ml_collections
     from flax import nnx
 
-    from solar_jax import hf
-    from solar_jax import model as model_lib
-    from solar_jax.model_config import ModelConfig
-    from solar_jax.optim import make_optimizer
-    from solar_jax.train import make_train_step
+    from solar_jax.weights import hf
+    from solar_jax.models import transformer as model_lib
+    from solar_jax.models.config import ModelConfig
+    from solar_jax.training.optim import make_optimizer
+    from solar_jax.training.step import make_train_step
 
     config = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
     params = hf.load_hf_params(model_dir, config)
@@ -74,8 +74,8 @@ def _worker_torch(model_dir: str, batch: int, seq: int, steps: int, warmup: int,
     import torch
     import transformers
 
-    from solar_jax import hf
-    from solar_jax.model_config import ModelConfig
+    from solar_jax.weights import hf
+    from solar_jax.models.config import ModelConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -107,8 +107,9 @@ def _report(times, tokens_per_step, losses, config):
 
 
 def _prepare_models(which: str, scratch: Path) -> dict[str, str]:
-    from solar_jax.real_model import ensure_real_model
-    from solar_jax.upscale import solar_slices, upscale_hf
+    from solar_jax.weights.real_model import ensure_real_model
+    from solar_jax.surgery.streaming import upscale_hf
+    from solar_jax.surgery.upscale import solar_slices
 
     out = {}
     if which in ("smollm2-44", "all"):
@@ -120,9 +121,9 @@ def _prepare_models(which: str, scratch: Path) -> dict[str, str]:
         import numpy as np
         from flax import nnx
 
-        from solar_jax import hf
-        from solar_jax import model as model_lib
-        from solar_jax.model_config import ModelConfig
+        from solar_jax.weights import hf
+        from solar_jax.models import transformer as model_lib
+        from solar_jax.models.config import ModelConfig
 
         config = ModelConfig(vocab_size=2048, hidden_size=256, intermediate_size=768, num_layers=8, num_heads=8,
                              num_kv_heads=4, head_dim=32, max_position_embeddings=2048)

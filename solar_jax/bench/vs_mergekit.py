@@ -47,7 +47,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 
 def read_dir(path: Path) -> dict[str, np.ndarray]:
-    from solar_jax.hf import open_checkpoint
+    from solar_jax.weights.hf import open_checkpoint
 
     return {k: r.read(k) for k, r in open_checkpoint(path).items()}
 
@@ -66,7 +66,7 @@ def compare(ours: Path, theirs: Path) -> tuple[int, float, list[str]]:
 
 def make_variant(src: Path, dst: Path, seed: int, scale: float = 0.02) -> None:
     """A perturbed copy of a model (x + scale * std(x) * noise): the second merge input."""
-    from solar_jax.hf import copy_side_files, open_checkpoint, write_shards
+    from solar_jax.weights.hf import copy_side_files, open_checkpoint, write_shards
 
     sources = open_checkpoint(src)
     rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ def bench(kind: str, argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mergekit_venv", default=str(DEFAULT_VENV))
     args = parser.parse_args(argv)
-    from solar_jax.real_model import ensure_real_model
+    from solar_jax.weights.real_model import ensure_real_model
 
     model_dir = Path(args.model_dir or ensure_real_model())
     mk = str(mergekit_bin(Path(args.mergekit_venv)))
@@ -126,7 +126,7 @@ def bench(kind: str, argv: list[str]) -> None:
 def _cases(kind: str, model_dir: Path, m: int, scratch: Path):
     py = [sys.executable, "-m"]
     if kind == "upscale":
-        from solar_jax.hf import read_hf_config
+        from solar_jax.weights.hf import read_hf_config
 
         n = read_hf_config(model_dir)["num_hidden_layers"]
         yaml_text = (f"slices:\n  - sources:\n      - model: {model_dir}\n        layer_range: [0, {n - m}]\n"

@@ -9,6 +9,14 @@ from __future__ import annotations
 import ml_collections
 
 from solar_jax.errors import SolarError
+from solar_jax.models.attention import check_seq_len as check_attention_seq_len
+from solar_jax.models.transformer import ATTENTION_IMPLS
+from solar_jax.models.transformer import DTYPES
+from solar_jax.models.transformer import REMAT_POLICIES
+from solar_jax.training import sharding
+from solar_jax.training.losses import DPO_LOSSES
+from solar_jax.training.sft_data import check_template
+from solar_jax.training.task_data import TASKS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -74,7 +82,6 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.export = ml_collections.ConfigDict(dict(enabled=True, dtype="float32", max_shard_size="5GB"))
-    c.debug_kill_at_step = -1  # fault injection for tests: SIGKILL itself after this step
     return c
 
 
@@ -97,9 +104,6 @@ def check_seq_len(c: ml_collections.ConfigDict, max_positions: int) -> None:
 
 def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int | None = None) -> None:
     """Config errors caught before compiling, each with one clear line."""
-    from solar_jax import sharding
-    from solar_jax.model import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
-
     check_keys(c)
     for key in ("num_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "eval_every", "log_every"):
         if c[key] <= 0:
@@ -112,7 +116,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int 
         raise SolarError(f"unknown remat {c.remat!r}; known: {', '.join(REMAT_POLICIES)}")
     if c.attention_impl not in ATTENTION_IMPLS:
         raise SolarError(f"unknown attention_impl {c.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
-    from solar_jax.attention import check_seq_len as check_attention_seq_len
 
     check_attention_seq_len(c.attention_impl, c.seq_len)
     if c.learning_rate <= 0:
@@ -129,9 +132,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int 
                          f"size {dp} (mesh data={data} x fsdp={fsdp})")
     if max_positions is not None:
         check_seq_len(c, max_positions)
-    from solar_jax.losses import DPO_LOSSES
-    from solar_jax.sft_data import check_template
-    from solar_jax.task_data import TASKS
 
     if c.task not in TASKS:
         raise SolarError(f"unknown task {c.task!r}; known: {', '.join(TASKS)}")

@@ -15,10 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from solar_jax.losses import cross_entropy, dpo_loss, sequence_log_probs
-
-DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-               "logps/rejected")
+from solar_jax.training.losses import cross_entropy, dpo_loss, sequence_log_probs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +71,6 @@ def dpo_objective(graphdef, beta: float, loss_type: str, label_smoothing: float,
 
 def reference_logps_fn(graphdef, average: bool):
     """(params, batch) -> (ref chosen logps [B], ref rejected logps [B]) for precomputing."""
-
     def fn(params, mb):
         return _pair_logps(nnx.merge(graphdef, params), mb, average)
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from solar_jax import attention as attention_lib
+from solar_jax.models import attention as attention_lib
 from solar_jax.errors import SolarError
-from solar_jax.model_config import ModelConfig, rope_inv_freq
+from solar_jax.models.config import ModelConfig, rope_inv_freq
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -337,13 +336,3 @@ def unflatten_params(flat: dict[str, Any]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = v
     return out
-
-
-def logical_axes(path: str) -> tuple[str, ...]:
-    if path not in PARAM_AXES:
-        raise KeyError(f"no logical axes for parameter {path}")
-    return PARAM_AXES[path]
-
-
-def count_params(model: Transformer) -> int:
-    return sum(int(np.prod(v.shape)) for v in flat_params(param_dict(model)).values())

@@ -3,7 +3,7 @@
     lm_eval --model solar_jax --model_args model_dir=HF_DIR_OR_RUN_DIR,batch_size=8 --tasks arc_challenge
     # in Python: import solar_jax.lm_eval; lm_eval.simple_evaluate(model="solar_jax", model_args=...)
 
-The three request kinds go to solar_jax.lm.LanguageModel, which solar_jax.evaluate also
+The three request kinds go to solar_jax.evaluation.lm.LanguageModel, which solar_jax.evaluate also
 uses, so both give the same numbers on the same requests. lm-eval is an optional extra
 (`pip install -e '.[eval]'`).
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from solar_jax.lm import LanguageModel
+from solar_jax.evaluation.lm import LanguageModel
+from solar_jax.evaluation.tasks import load_for_eval
 
 
 @register_model("solar_jax")
@@ -21,7 +22,6 @@ class SolarJaxLM(LM):
     def __init__(self, model_dir: str, batch_size: int | str = 8, max_length: int | str | None = None,
                  dtype: str = "float32", **kwargs):
         super().__init__()
-        from solar_jax.evaluate import load_for_eval
 
         model, tokenizer = load_for_eval(model_dir, dtype)
         batch = 8 if str(batch_size).startswith("auto") else int(batch_size)

@@ -20,11 +20,11 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from solar_jax import model as model_lib
+from solar_jax.models import transformer as model_lib
 from solar_jax.errors import SolarError
-from solar_jax.model_config import ModelConfig
-from solar_jax.outdir import atomic_output_dir
-from solar_jax.safetensors_io import SafetensorsReader, SafetensorsWriter
+from solar_jax.models.config import ModelConfig
+from solar_jax.weights.outdir import atomic_output_dir
+from solar_jax.weights.safetensors_io import SafetensorsReader, SafetensorsWriter
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

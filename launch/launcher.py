@@ -1,9 +1,9 @@
 """Start a training job on a TPU VM slice or on a list of GPU hosts; --dry_run prints every
 command instead of running it.
 
-  python -m solar_jax.launch tpu --name=solar --zone=us-east5-a --accelerator=v5p-128 \\
+  python3 launch/launcher.py tpu --name=solar --zone=us-east5-a --accelerator=v5p-128 \\
       [--project=P] [--spot] [--reuse] [--delete] [--dry_run] -- --config=configs/cpt.py:solar ...
-  python -m solar_jax.launch gpu --hosts=gpu0,gpu1 [--port=8476] [--dry_run] -- --config=... ...
+  python3 launch/launcher.py gpu --hosts=gpu0,gpu1 [--port=8476] [--dry_run] -- --config=... ...
 
 TPU: create (or --reuse) the slice, copy this checkout (git archive of HEAD) to every worker,
 install it (launch/setup.sh with jax[tpu]), run the train command on all workers at once
@@ -133,7 +133,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         argv, train_args = argv[:i], argv[i + 1:]
     else:
         train_args = []
-    p = _Parser(prog="python -m solar_jax.launch", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="launch/launcher.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="target", required=True)
     t = sub.add_parser("tpu", help="a TPU VM slice (gcloud)")
     t.add_argument("--name", required=True)

@@ -9,7 +9,6 @@ mid-write, a corrupted file) is reported and the previous one is used.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from solar_jax.errors import SolarError
-
-log = logging.getLogger("solar_jax")
-
 
 class _FrozenIteratorState:
     """What grain's checkpoint handler needs from an iterator: get_state() as JSON bytes."""

@@ -15,7 +15,7 @@ import dataclasses
 import glob
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import grain
 import numpy as np
@@ -301,7 +301,3 @@ def model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "segment_ids": batch["inputs_segment_ids"].astype(np.int32),
         "loss_mask": (batch["targets_segment_ids"] > 0).astype(np.float32),
     }
-
-
-def take(it: Iterator[Any], n: int) -> list[Any]:
-    return [next(it) for _ in range(n)]

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from solar_jax.errors import SolarError
-from solar_jax.model import Transformer
+from solar_jax.models.transformer import Transformer
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None,

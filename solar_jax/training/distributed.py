@@ -1,5 +1,7 @@
 """Multi-host start-up: one `jax.distributed.initialize` call, decided from flags or env.
 
+The flags are defined by the commands that train or evaluate (cli.define_distributed_flags).
+
   --distributed=auto (default): initialise when the environment names a cluster of more than
       one process: JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES > 1 (GPU hosts, our
       launcher), a multi-worker TPU VM slice (TPU_WORKER_HOSTNAMES, or MEGASCALE_*),
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import os
 from typing import Any
+
+import jax
 
 from solar_jax.errors import SolarError
 
@@ -87,8 +91,6 @@ def initialize(mode: str = "auto", coordinator_address: str = "", num_processes:
     kwargs = settings(mode, coordinator_address, num_processes, process_id)
     if kwargs is None:
         return False
-    import jax
-
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as e:
@@ -96,20 +98,3 @@ def initialize(mode: str = "auto", coordinator_address: str = "", num_processes:
         raise SolarError(f"jax.distributed.initialize failed (coordinator {where}): "
                          f"{' '.join(str(e).split())[:300]}") from None
     return True
-
-
-def define_flags() -> None:
-    """The start-up flags every multi-host command takes (train, eval)."""
-    from absl import flags
-
-    flags.DEFINE_enum("distributed", "auto", list(MODES), "multi-process start: auto (from the env), on, off")
-    flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host GPU)")
-    flags.DEFINE_integer("num_processes", 0, "number of processes (multi-host GPU)")
-    flags.DEFINE_integer("process_id", -1, "this process's index (multi-host GPU)")
-
-
-def initialize_from_flags() -> bool:
-    from absl import flags
-
-    f = flags.FLAGS
-    return initialize(f.distributed, f.coordinator_address, f.num_processes, f.process_id)

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from solar_jax.errors import SolarError
-from solar_jax.model import PARAM_AXES
+from solar_jax.models.transformer import PARAM_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

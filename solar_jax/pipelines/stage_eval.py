@@ -17,8 +17,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from solar_jax import sft_data
-from solar_jax.evaluate import extract_answer, normalize_number
+from solar_jax.training import sft_data
+from solar_jax.evaluation.tasks import extract_answer, normalize_number
+from solar_jax.evaluation.lm import LanguageModel
+from solar_jax.evaluation.tasks import load_for_eval
+from solar_jax.training.step import make_eval_step
 
 
 @dataclasses.dataclass
@@ -36,7 +39,6 @@ def heldout_loss(model, batches: list[dict[str, np.ndarray]]) -> float:
     """Token-weighted cross-entropy of `model` (a Transformer) on the batches."""
     from flax import nnx
 
-    from solar_jax.train import make_eval_step
 
     graphdef, params = nnx.split(model)
     step = jax.jit(make_eval_step(graphdef))
@@ -74,9 +76,6 @@ def preference_accuracy(lm, pairs: list[dict], template: str) -> float:
 
 
 def evaluate_stage(model_dir: str, data: StageData, batch_size: int = 8) -> dict[str, Any]:
-    from solar_jax.evaluate import load_for_eval
-    from solar_jax.lm import LanguageModel
-
     model, tokenizer = load_for_eval(model_dir)
     lm = LanguageModel(model, tokenizer, batch_size)
     em, examples = math_exact_match(lm, data.math, data.template, data.max_new_tokens)

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from solar_jax.model_config import ModelConfig
+from solar_jax.models.config import ModelConfig
 
 # Peak dense bf16 FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
 PEAK_FLOPS = {

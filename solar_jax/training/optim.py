@@ -24,7 +24,6 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm's semantics (unchanged below max_norm, else scaled to it)
     with `global_norm` above; the train step computes the same norm for its metrics, and
     XLA computes it once."""
-
     def update(updates, state, params=None):
         del params
         norm = global_norm(updates)
@@ -55,7 +54,6 @@ def learning_rate_schedule(c) -> optax.Schedule:
 
 def decay_mask(params: dict, decay_embeddings: bool = False) -> dict:
     """Weight decay on matrices: never on norms; on embeddings and lm_head only if asked."""
-
     def mask(tree, prefix=""):
         out = {}
         for k, v in tree.items():

@@ -20,9 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from solar_jax.generate import generate
-from solar_jax.losses import token_log_probs
-from solar_jax.model import Transformer
+from solar_jax.models.generate import generate
+from solar_jax.training.losses import token_log_probs
+from solar_jax.models.transformer import Transformer
+from solar_jax.errors import SolarError
+from solar_jax.models import transformer as model_lib
+from solar_jax.training import sharding
 
 
 def _bucket(n: int, max_len: int) -> int:
@@ -55,11 +58,8 @@ class LanguageModel:
         self._graphdef, self._state = nnx.split(model)
         self._mesh = mesh
         if mesh is not None:
-            from solar_jax import model as model_lib
-            from solar_jax import sharding
 
             if batch_size % sharding.data_parallel_size(mesh):
-                from solar_jax.errors import SolarError
 
                 raise SolarError(f"batch_size={batch_size} is not divisible by the data-parallel size "
                                  f"{sharding.data_parallel_size(mesh)}")

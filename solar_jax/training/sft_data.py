@@ -19,8 +19,10 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from solar_jax.data import _read_options, batch_rows, expand_files, jsonl_rows
+from solar_jax.training.data import _read_options, batch_rows, expand_files, jsonl_rows
 from solar_jax.errors import SolarError
+from solar_jax.training import synth_math
+from solar_jax.training.data import split_eval
 
 TEMPLATES = ("alpaca", "solar", "chat")
 _ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -270,7 +272,6 @@ def load_split_rows(files: str, eval_files: str, eval_fraction: float, seed: int
                     num_builtin: int = 1000) -> tuple[list, list]:
     """Rows for training and eval: from files (eval held out unless eval_files), or the
     built-in synthetic math sets (Math-Instruct for sft, Math-Alignment for dpo)."""
-    from solar_jax.data import split_eval
 
     if files:
         train = read_rows(files)
@@ -281,7 +282,6 @@ def load_split_rows(files: str, eval_files: str, eval_fraction: float, seed: int
         return split_eval(train, eval_fraction, seed)
     if builtin != "synth_math":
         raise SolarError(f"unknown built-in dataset {builtin!r} for {kind}; known: synth_math")
-    from solar_jax import synth_math
 
     train_p, eval_p = synth_math.generate(num_builtin, max(8, num_builtin // 10), seed)
     make = synth_math.math_instruct if kind == "sft" else synth_math.math_alignment

@@ -15,8 +15,8 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from solar_jax import data as data_lib
-from solar_jax import sft_data
+from solar_jax.training import data as data_lib
+from solar_jax.training import sft_data
 from solar_jax.errors import SolarError
 
 TASKS = ("cpt", "sft", "dpo")

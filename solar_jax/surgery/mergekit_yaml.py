@@ -14,8 +14,10 @@ from typing import Any
 import yaml
 
 from solar_jax.errors import SolarError
-from solar_jax.merge import METHODS, MergeSpec
-from solar_jax.upscale import Slice
+from solar_jax.models.config import ModelConfig
+from solar_jax.surgery.merge import METHODS, MergeSpec
+from solar_jax.surgery.upscale import Slice
+from solar_jax.weights import hf
 
 SUPPORTED = METHODS + ("passthrough",)
 _KNOWN_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype",
@@ -118,9 +120,6 @@ def read_yaml(path: str) -> YamlPlan:
         if base == len(model_params):  # a base not among the models: mergekit adds it
             model_params.append({})
     if doc.get("slices"):
-        from solar_jax import hf
-        from solar_jax.model_config import ModelConfig
-
         n = ModelConfig.from_hf_config(hf.read_hf_config(dirs[0])).num_layers
         if list(layer_range) != [0, n]:
             raise SolarError(f"{path}: layer_range {list(layer_range)} must span all {n} layers for {method}")

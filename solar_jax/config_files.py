@@ -1,0 +1,35 @@
+"""Where the ml_collections config files live, and loading one by name.
+
+The files are in the repository's configs/ (the layout is fixed by the product card), not
+inside the package: a source checkout or an editable install finds them beside the
+package; anywhere else they are looked up in ./configs of the working dir.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from solar_jax.errors import SolarError
+
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_path(name: str) -> Path:
+    """configs/NAME (e.g. 'cpt.py') from the checkout, else from ./configs; one clear error."""
+    for folder in (CHECKOUT_CONFIGS, Path.cwd() / "configs"):
+        if (folder / name).is_file():
+            return folder / name
+    raise SolarError(f"config file configs/{name} not found beside the package ({CHECKOUT_CONFIGS}) or in "
+                     f"./configs; run from a solar_jax checkout or pass --config=PATH/{name}")
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of configs/NAME."""
+    path = config_path(name)
+    spec = importlib.util.spec_from_file_location(f"solar_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

@@ -1,0 +1,339 @@
+"""train_and_evaluate(config, workdir): a whole run, read top to bottom.
+
+validate -> model source -> data -> mesh -> state (restored, or initialised under jit with
+out_shardings) -> compiled step with donated state -> loop (log, eval, checkpoint, SIGTERM,
+NaN guard) -> loss curve and export to an HF dir under the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import yaml
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from solar_jax.errors import SolarError
+from solar_jax.models import transformer as model_lib
+from solar_jax.models.config import ModelConfig
+from solar_jax.training import data as data_lib
+from solar_jax.training import plan as plan_lib
+from solar_jax.training import sharding, task_data
+from solar_jax.training.checkpoint import Checkpointer
+from solar_jax.training.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
+from solar_jax.training.optim import learning_rate_schedule
+from solar_jax.training.run_config import check_seq_len, validate
+from solar_jax.training.runs import RUN_FILE, run_record
+from solar_jax.training.state import ModelSource, StateLayout, initial_params, initial_state, resolve_model, state_layout
+from solar_jax.training.step import evaluate, make_eval_step, make_train_step, objective_for, reference_fn
+from solar_jax.weights import hf
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the run stopped keeping its last good checkpoint."""
+
+
+def config_text(c) -> str:
+    """The run config as plain YAML, keys sorted (ConfigDict.to_yaml writes Python object tags)."""
+    return yaml.safe_dump(json.loads(c.to_json_best_effort()), sort_keys=True, default_flow_style=False).strip()
+
+
+def model_summary(config: ModelConfig, mesh) -> str:
+    counts = config.param_counts()
+    total = sum(counts.values())
+    lines = [f"model: {config.model_type}, {config.num_layers} layers, d={config.hidden_size}, "
+             f"heads {config.num_heads}/{config.num_kv_heads}, vocab {config.vocab_size}: {total / 1e6:.1f}M params"]
+    lines += [f"  {k:14s} {v / 1e6:10.2f}M" for k, v in counts.items()]
+    lines.append(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} tensor={mesh.shape['tensor']} "
+                 f"on {mesh.devices.size} {jax.devices()[0].platform} device(s)")
+    # What the process runs under (cli sets both unless opted out): worth seeing when comparing runs.
+    lines.append(f"runtime: XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
+                 f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+    return "\n".join(lines)
+
+
+def check_memory(c, config: ModelConfig, devices: list) -> plan_lib.Plan:
+    """The planner's per-device estimate against the device's memory, before anything is
+    loaded or compiled; a config that cannot fit is refused with the numbers."""
+    device, limit = plan_lib.local_device_name()
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    p = plan_lib.plan(c, config, device, len(devices), num_local_devices=len(local), capacity=limit)
+    if p.fits is False and c.memory_check:
+        parts = ", ".join(f"{k} {v / plan_lib.GiB:.2f}" for k, v in p.per_device.items())
+        raise SolarError(f"the config needs ~{p.total / plan_lib.GiB:.1f} GiB per device ({parts}) but a {device} "
+                         f"device has {p.capacity / plan_lib.GiB:.1f} GiB; shard more (mesh.fsdp), accumulate "
+                         f"(grad_accum_steps), remat=full, or lower batch_size/seq_len "
+                         f"(memory_check=False runs anyway)")
+    return p
+
+
+class _Preemption:
+    """SIGTERM (TPU preemption, scheduler stop) -> finish the step, save, exit cleanly.
+
+    One process: our own signal handler. Several: JAX's preemption sync manager (started by
+    jax.distributed.initialize, which watches SIGTERM itself) makes every host agree on the
+    same step, so all of them save it; a host-local flag would let hosts save different steps."""
+
+    def __init__(self):
+        self.multi_process = jax.process_count() > 1
+        self._requested = False
+        self._previous = None if self.multi_process else signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame):
+        self._requested = True
+
+    def reached(self, step: int) -> bool:
+        """Called once per step, by every process."""
+        if self.multi_process:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self._requested
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _say(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
+def train_and_evaluate(c, workdir: str | None = None, devices: list | None = None,
+                       verbose: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) the training described by config `c` in `workdir`, on `devices`
+    (default: all). c.task: cpt (documents), sft (instructions), dpo (preference pairs).
+    verbose=False leaves out the config dump and the model summary (the recipe's stages)."""
+    devices = list(devices if devices is not None else jax.devices())
+    workdir = Path(workdir or c.workdir)
+    if not str(workdir):
+        raise SolarError("workdir is required (--config.workdir=RUN_DIR)")
+    validate(c, len(devices))
+    source = resolve_model(c)
+    check_seq_len(c, source.config.max_position_embeddings)
+    tokenizer = data_lib.load_tokenizer(c.tokenizer, source.model_dir)
+    if tokenizer.vocab_size > source.config.vocab_size:
+        raise SolarError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is "
+                         f"{source.config.vocab_size}")
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
+    memory = check_memory(c, source.config, devices)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_run_file(workdir, source, c)
+    if verbose:
+        _say("config:\n" + "\n".join(f"  {line}" for line in config_text(c).splitlines()))
+        _say(model_summary(source.config, mesh))
+        _say(memory.report())
+    # Under the mesh, the model keeps activations batch-sharded (model.batch_sharded).
+    with jax.set_mesh(mesh):
+        run = _set_up(c, workdir, source, tokenizer, mesh)
+        result = _loop(c, run, source.config, len(devices))
+        if result["status"] == "completed":
+            result.update(_finish(c, run, workdir, source))
+    return result
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, built once by _set_up."""
+
+    mesh: Any
+    checkpointer: Checkpointer
+    data: task_data.TaskData
+    train_iter: Any
+    state: dict
+    start_step: int
+    run_step: Callable[[dict, dict], tuple[dict, dict]]
+    run_eval: Callable[[dict], dict[str, float]]
+    metrics: MetricsWriter
+    meta: dict[str, Any]
+
+
+def _set_up(c, workdir: Path, source: ModelSource, tokenizer, mesh) -> _Run:
+    options = dict(dtype=c.dtype, remat=c.remat, attention_impl=c.attention_impl)
+    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))
+    layout = state_layout(c, source.config, mesh)
+    ckpt = Checkpointer(c.checkpoint_dir or workdir / "checkpoints", keep=c.keep_checkpoints,
+                        async_save=c.async_checkpoint)
+    resuming = ckpt.latest_step() is not None
+    # The initial weights are needed to start, and by DPO for its reference (a frozen copy, or
+    # log-probs computed once): load them only then.
+    initial = initial_params(source, layout.flat_param_shardings, c.seed) if not resuming or c.task == "dpo" else None
+    reference = None
+    if c.task == "dpo" and c.dpo.reference == "precomputed":
+        reference = reference_fn(c, graphdef, initial, mesh)
+    data = task_data.build(c, tokenizer, reference, cache_dir=workdir)
+    _say(f"data: {data.description}")
+    train_iter = iter(data.train)
+    objective = objective_for(c, graphdef)
+    # A frozen reference is a copy: the policy's buffers are donated at every step.
+    ref_params = jax.tree.map(jnp.copy, initial) if objective.needs_reference else None
+    if resuming:
+        start_step, state, _ = ckpt.restore(layout.abstract, train_iter)
+        _say(f"resumed from {ckpt.directory} at step {start_step}")
+    else:
+        start_step, state = 0, initial_state(layout, initial, c.seed, mesh)
+    del initial
+    run_step, run_eval = _compile(c, graphdef, layout, objective, data, mesh, ref_params)
+    meta = dict(model_dir=source.model_dir, seq_len=c.seq_len, task=c.task)
+    return _Run(mesh, ckpt, data, train_iter, state, start_step, run_step, run_eval, MetricsWriter(workdir), meta)
+
+
+def _compile(c, graphdef, layout: StateLayout, objective, data, mesh, ref_params):
+    """The train step, compiled ahead of the loop for the batch's shapes and shardings (its
+    time is reported), and the eval function; both take the frozen reference when DPO has one."""
+    replicated = sharding.replicated(mesh)
+    batch_structs = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
+                     for k, (shape, dt) in data.fields.items()}
+    batch_sh = {k: v.sharding for k, v in batch_structs.items()}
+    state_sh, param_sh = layout.state_shardings, layout.param_shardings
+    ref_sh = () if ref_params is None else (param_sh,)
+    ref_args = () if ref_params is None else (ref_params,)
+    ref_abstract = () if ref_params is None else (layout.abstract["params"],)
+    start = time.perf_counter()
+    train_step = make_train_step(graphdef, layout.optimizer, c.grad_accum_steps, objective)
+    step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, *ref_sh), out_shardings=(state_sh, replicated),
+                      donate_argnums=0).lower(layout.abstract, batch_structs, *ref_abstract).compile()
+    eval_fn = jax.jit(make_eval_step(graphdef, objective), in_shardings=(param_sh, batch_sh, *ref_sh),
+                      out_shardings=replicated)
+    _say(f"compiled the train step in {time.perf_counter() - start:.1f}s")
+
+    def run_step(state, batch):
+        return step_fn(state, batch, *ref_args)
+
+    def run_eval(params):
+        return evaluate(eval_fn, params, data.eval, mesh, data.to_model, ref_params)
+
+    return run_step, run_eval
+
+
+def _loop(c, run: _Run, config: ModelConfig, num_devices: int) -> dict[str, Any]:
+    """Steps from run.start_step to c.num_steps: log, evaluate, checkpoint, stop on SIGTERM."""
+    schedule = learning_rate_schedule(c)
+    tokens_per_step = c.batch_size * c.seq_len * run.data.rows_per_example
+    flops_per_token = train_flops_per_token(config, c.seq_len)
+    peak = device_peak_flops()
+    preemption = _Preemption()
+    result: dict[str, Any] = dict(status="completed", workdir=str(run.metrics.path.parent), step=run.start_step,
+                                  loss=None)
+    if run.start_step == 0 and run.data.eval:
+        ev = run.run_eval(run.state["params"])
+        if ev:
+            run.metrics.write(0, dict(loss=None, tokens_per_second=None, **ev, **_perplexity(c, ev)))
+            _say(f"step 0: {_eval_line(ev)}")
+            result.update(initial_eval=ev, initial_eval_loss=ev["eval_loss"])
+    bar = tqdm(total=c.num_steps, initial=run.start_step, desc=c.task, unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0, mininterval=1.0)
+    try:
+        step = run.start_step
+        while step < c.num_steps:
+            batch = sharding.put_global_batch(run.data.to_model(next(run.train_iter)), run.mesh)
+            t0 = time.perf_counter()
+            run.state, m = run.run_step(run.state, batch)
+            loss = float(m["loss"])  # also waits for the step: honest timing
+            dt = time.perf_counter() - t0
+            step += 1
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at step {step}; stopped without saving it; "
+                                       f"last good checkpoint: step {run.checkpointer.latest_step()}")
+            row = _step_row(c, m, step, dt, schedule, tokens_per_step)
+            if peak:
+                row["mfu"] = row["tokens_per_second"] * flops_per_token / (peak * num_devices)
+            if (step % c.eval_every == 0 or step == c.num_steps) and run.data.eval:
+                ev = run.run_eval(run.state["params"])
+                row.update(ev, **_perplexity(c, ev))
+                if ev:
+                    result.update(eval=ev, eval_loss=ev["eval_loss"])
+            if step % c.log_every == 0 or "eval_loss" in row or step == c.num_steps:
+                run.metrics.write(step, row)
+            bar.update(1)
+            bar.set_postfix(_postfix(row), refresh=False)
+            result.update(step=step, loss=loss)
+            preempted = preemption.reached(step)
+            if step % c.checkpoint_every == 0 or step == c.num_steps or preempted:
+                run.checkpointer.save(step, run.state, run.train_iter, run.meta, force=True)
+            if preempted:
+                run.checkpointer.wait()
+                _say(f"SIGTERM: saved a checkpoint at step {step} in {run.checkpointer.directory}; exiting")
+                result["status"] = "preempted"
+                break
+    finally:
+        bar.close()
+        preemption.restore()
+        run.checkpointer.close()
+        run.metrics.close()
+    return result
+
+
+def _step_row(c, m: dict, step: int, dt: float, schedule, tokens_per_step: int) -> dict[str, float]:
+    """One metrics.jsonl row from the step's metrics."""
+    row = dict(loss=float(m["loss"]), tokens_per_second=tokens_per_step / dt,
+               learning_rate=float(schedule(step - 1)), grad_norm=float(m["grad_norm"]), step_seconds=dt)
+    row.update({k: float(v) for k, v in m.items() if k not in ("loss", "grad_norm")})
+    if c.task == "dpo":
+        row["pairs_per_second"] = c.batch_size / dt
+    return row
+
+
+def _postfix(row: dict[str, float]) -> dict[str, str]:
+    """The progress bar's figures: loss, tokens/s, and what the step measured besides."""
+    postfix = dict(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_second']:,.0f}")
+    if "rewards/accuracies" in row:
+        postfix["acc"] = f"{row['rewards/accuracies']:.2f}"
+    if "mfu" in row:
+        postfix["mfu"] = f"{row['mfu']:.1%}"
+    if "eval_loss" in row:
+        postfix["eval"] = f"{row['eval_loss']:.3f}"
+    return postfix
+
+
+def _finish(c, run: _Run, workdir: Path, source: ModelSource) -> dict[str, Any]:
+    """A completed run: the loss curve, and the HF export (collective: every process gathers
+    each tensor, process 0 writes)."""
+    if jax.process_index() == 0:
+        plot_loss_curve(run.metrics.path, workdir / "loss_curve.png",
+                        title=f"{c.task}: {source.config.num_layers}-layer model")
+    if not c.export.enabled:
+        return {}
+    out = workdir / "hf"
+    hf.save_hf_params(run.state["params"], source.config, out, dtype=c.export.dtype,
+                      max_shard_size=c.export.max_shard_size, source_dir=source.model_dir, overwrite=True)
+    if source.model_dir is None and c.tokenizer and c.tokenizer != "bytes" and jax.process_index() == 0:
+        hf.copy_side_files(c.tokenizer, out)
+    _say(f"exported the model to {out}")
+    return dict(export_dir=str(out))
+
+
+def _perplexity(c, ev: dict[str, float]) -> dict[str, float]:
+    if c.task == "dpo" or "eval_loss" not in ev:
+        return {}
+    return {"eval_perplexity": math.exp(min(ev["eval_loss"], 50))}
+
+
+def _eval_line(ev: dict[str, float]) -> str:
+    parts = [f"eval loss {ev['eval_loss']:.4f}"]
+    if "eval_rewards/accuracies" in ev:
+        parts.append(f"reward accuracy {ev['eval_rewards/accuracies']:.3f}, margin {ev['eval_rewards/margins']:.4f}")
+    else:
+        parts.append(f"perplexity {math.exp(min(ev['eval_loss'], 50)):.2f}")
+    return ", ".join(parts)
+
+
+def _check_run_file(workdir: Path, source: ModelSource, c) -> None:
+    """workdir/run.json records the model; resuming with a different one is refused."""
+    record = run_record(source.config, source.model_dir, c)
+    path = workdir / RUN_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("model_config") != record["model_config"]:
+            raise SolarError(f"{workdir} holds a run of a different model; use another workdir")
+    elif jax.process_index() == 0:
+        path.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,210 @@
+"""Memory planner: per-device bytes of a training config on a mesh, and whether it fits.
+
+  python -m solar_jax.plan --config=configs/cpt.py:solar --config.model_preset=mistral-7b --device=v5p-128
+  python -m solar_jax.plan --config=configs/cpt.py --device=h100 --num_devices=8
+
+Parameters and optimizer state are exact: the real optimizer's state tree (jax.eval_shape,
+nothing allocated) with each leaf divided by the mesh axes its parameter is split over
+(sharding.spec_for, the rules the train step uses). Gradients are float32 like the params
+(a second copy when accumulating microbatches). Activations are an estimate per remat
+policy, from the tensors the backward pass keeps per layer, with coefficients fitted to
+XLA's compiled memory analysis (`python -m solar_jax.bench plan` prints estimate vs
+compiled). The train command runs the same check before compiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+
+from solar_jax.errors import SolarError
+from solar_jax.models.config import ModelConfig
+from solar_jax.models import attention
+from solar_jax.models import transformer as model_lib
+from solar_jax.training import sharding
+from solar_jax.training.optim import make_optimizer
+from solar_jax.training.sharding import spec_for
+from solar_jax.weights import hf
+
+GiB = 2**30
+
+# Memory per device (bytes) and the number of devices in a slice name's unit.
+DEVICE_MEMORY = {
+    "tpu-v4": 32 * GiB, "tpu-v5e": 16 * GiB, "tpu-v5p": 95 * GiB, "tpu-v6e": 32 * GiB,
+    "h100": 80 * GiB, "h200": 141 * GiB, "a100": 80 * GiB,
+}
+# Slice names: v4-N and v5p-N count TensorCores (2 per chip); v5litepod-N / v6e-N count chips.
+_SLICE = re.compile(r"^(v4|v5p|v5e|v5litepod|v6e)-(\d+)$")
+_CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v5litepod": 1, "v6e": 1}
+_SLICE_DEVICE = {"v4": "tpu-v4", "v5p": "tpu-v5p", "v5e": "tpu-v5e", "v5litepod": "tpu-v5e", "v6e": "tpu-v6e"}
+
+# The train step's temporary bytes per device (activations kept for the backward pass,
+# gradients, XLA's working buffers), per remat policy: a linear model in the terms below with
+# coefficients fitted (non-negative least squares) to `compile().memory_analysis()` temp
+# sizes of 97 float32 train steps on CPU with the XLA flags the commands set: 4 model shapes
+# (L 2-8, D 64-256, F/D 2-5.5, V 256-4096), batches 4-8 x 64-256, meshes of 1 device, fsdp=4
+# and data=2 x fsdp=2. Largest error there: 12% (none), 16% (dots), 19% (dots_no_batch), 40%
+# (full, on steps under 6 MiB where fixed buffers dominate). Fitted on CPU: XLA on TPU/GPU
+# fuses and schedules differently, so leave headroom there.
+# `python -m solar_jax.bench plan` re-measures. Terms (t: tokens of one microbatch on a
+# device; a: compute dtype bytes; Q = (N + 2K) * head_dim; S = rows * N * T^2):
+#   d: L t D a     f: L t F a     q: L t Q a     s: L S 4 (attention probabilities)
+#   s1: S 4 (one layer's)     v: t V 4 (float32 logits)     g: parameter bytes (gradients)
+#   one: t (7D + 4F + 2Q) a (one layer's full set, recomputed or in flight)
+#   layer: one layer's float32 weights, gathered when sharded     embed: V D 4, gathered
+#   c0: MiB of fixed buffers
+ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
+    'none': {'d': 0.0, 'f': 7.296, 'q': 0.0, 's': 1.935, 's1': 1.275, 'v': 1.917, 'g': 1.413, 'one': 0.965, 'layer': 1.042, 'embed': 0.516, 'c0': 0.0},
+    'full': {'d': 1.0, 'f': 0.0, 'q': 0.0, 's': 0.0, 's1': 1.673, 'v': 1.339, 'g': 1.4, 'one': 0.982, 'layer': 0.875, 'embed': 0.407, 'c0': 0.349},
+    'dots': {'d': 0.0, 'f': 3.17, 'q': 0.0, 's': 0.543, 's1': 3.191, 'v': 1.7, 'g': 1.496, 'one': 0.556, 'layer': 1.025, 'embed': 0.465, 'c0': 0.0},
+    'dots_no_batch': {'d': 0.0, 'f': 2.236, 'q': 0.0, 's': 0.0, 's1': 3.813, 'v': 1.251, 'g': 1.642, 'one': 0.588, 'layer': 0.875, 'embed': 0.375, 'c0': 0.221},
+}
+
+
+@dataclasses.dataclass
+class Plan:
+    device: str
+    num_devices: int
+    mesh: tuple[int, int, int]  # data, fsdp, tensor
+    per_device: dict[str, int]  # params, optimizer, gradients, activations
+    capacity: int | None  # bytes per device, None when unknown
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_device.values())
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.capacity is None else self.total <= self.capacity
+
+    def report(self) -> str:
+        lines = [f"memory plan: {self.num_devices} x {self.device}, mesh data={self.mesh[0]} fsdp={self.mesh[1]} "
+                 f"tensor={self.mesh[2]}, per device:"]
+        for k, v in self.per_device.items():
+            lines.append(f"  {k:12s} {v / GiB:9.2f} GiB")
+        lines.append(f"  {'total':12s} {self.total / GiB:9.2f} GiB")
+        if self.capacity is not None:
+            verdict = "fits" if self.fits else "does NOT fit"
+            lines.append(f"  {verdict} in {self.capacity / GiB:.1f} GiB per device "
+                         f"({self.total / self.capacity:.0%} used)")
+        return "\n".join(lines)
+
+
+class _MeshShape:
+    """What sharding.spec_for reads from a mesh: the axis sizes (no devices needed)."""
+
+    def __init__(self, data: int, fsdp: int, tensor: int):
+        self.shape = {"data": data, "fsdp": fsdp, "tensor": tensor}
+
+
+def parse_device(name: str, num_devices: int = 0) -> tuple[str, int]:
+    """'v5p-128' -> ('tpu-v5p', 64 chips); 'h100' with num_devices -> ('h100', n); 'cpu'."""
+    name = name.lower()
+    m = _SLICE.match(name)
+    if m:
+        gen, cores = m.group(1), int(m.group(2))
+        chips = max(cores // _CORES_PER_CHIP[gen], 1)
+        if num_devices and num_devices != chips:
+            raise SolarError(f"--num_devices={num_devices} contradicts {name} ({chips} chips)")
+        return _SLICE_DEVICE[gen], chips
+    if name in DEVICE_MEMORY or name == "cpu":
+        return name, num_devices or 1
+    known = ", ".join([*DEVICE_MEMORY, "cpu", "or a TPU slice like v5p-128"])
+    raise SolarError(f"unknown device {name!r}; known: {known}")
+
+
+def device_capacity(device: str, num_local_devices: int = 1) -> int:
+    if device == "cpu":  # host RAM shared by the local (fake) devices
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(num_local_devices, 1)
+    return DEVICE_MEMORY[device]
+
+
+def _shard_factor(spec, mesh: _MeshShape) -> int:
+    factor = 1
+    for part in spec:
+        for axis in (part,) if isinstance(part, str) else (part or ()):
+            factor *= mesh.shape[axis]
+    return factor
+
+
+def state_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int]) -> dict[str, int]:
+    """Exact per-device bytes of the float32 params and the optimizer state."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+
+    mesh = _MeshShape(*mesh_shape)
+    shapes = hf.param_shapes(config)
+    factors = {p: _shard_factor(spec_for(model_lib.PARAM_AXES[p], s, mesh), mesh) for p, s in shapes.items()}
+    params = model_lib.unflatten_params({p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in shapes.items()})
+    tx = make_optimizer(c, params)
+    opt = jax.eval_shape(tx.init, params)
+    opt_bytes = optax.tree_map_params(
+        tx, lambda leaf, f: leaf.size * leaf.dtype.itemsize // f, opt, model_lib.unflatten_params(factors),
+        transform_non_params=lambda leaf: leaf.size * leaf.dtype.itemsize)
+    param_bytes = sum(4 * math.prod(s) // factors[p] for p, s in shapes.items())
+    return dict(params=param_bytes, optimizer=int(sum(jax.tree.leaves(opt_bytes))))
+
+
+def activation_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int], grad_bytes: int,
+                     flash: bool = False) -> int:
+    """Estimated temporary bytes of the train step per device, gradients included (see
+    ACTIVATION_COEFFICIENTS)."""
+    data, fsdp, tensor = mesh_shape
+    rows = max(c.batch_size // c.grad_accum_steps // (data * fsdp), 1)
+    rows *= 2 if c.task == "dpo" else 1  # chosen and rejected
+    t = rows * c.seq_len
+    a = 2 if c.dtype == "bfloat16" else 4
+    split = lambda n: n // tensor if n % tensor == 0 else n  # noqa: E731 (as spec_for)
+    d, f, v, h = config.hidden_size, split(config.intermediate_size), split(config.vocab_size), config.head_dim
+    heads = split(config.num_heads)
+    q = (heads + 2 * split(config.num_kv_heads)) * h
+    scores = rows * heads * c.seq_len ** 2
+    layers = config.num_layers
+    sharded = fsdp * tensor > 1
+    layer_weights = 4 * (2 * config.num_heads * h * d + 2 * config.num_kv_heads * h * d
+                         + 3 * d * config.intermediate_size)
+    terms = dict(d=layers * t * d * a, f=layers * t * f * a, q=layers * t * q * a, s=layers * scores * 4,
+                 s1=scores * 4, v=t * v * 4, g=grad_bytes, one=t * (7 * d + 4 * f + 2 * q) * a,
+                 layer=layer_weights if sharded else 0, embed=config.vocab_size * d * 4 if sharded else 0,
+                 c0=2**20)
+    if flash:  # fused kernels keep no [T, T] probabilities
+        terms["s"] = terms["s1"] = 0
+    k = ACTIVATION_COEFFICIENTS[c.remat]
+    return int(sum(k[name] * value for name, value in terms.items()))
+
+
+def plan(c, config: ModelConfig, device: str = "cpu", num_devices: int = 1, num_local_devices: int | None = None,
+         capacity: int | None = None) -> Plan:
+
+    mesh_shape = sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, num_devices)
+    per = state_bytes(c, config, mesh_shape)
+    grads = per["params"] * (2 if c.grad_accum_steps > 1 else 1)
+    per["gradients"] = grads
+
+    platform = "tpu" if device.startswith("tpu") else "cpu" if device == "cpu" else "gpu"
+    flash = attention.resolve(c.attention_impl, platform) in attention.FLASH_IMPLS
+    per["activations"] = max(activation_bytes(c, config, mesh_shape, grads, flash) - grads, 0)
+    if c.task == "dpo" and c.dpo.reference == "frozen":
+        per["reference"] = per["params"]  # the frozen copy of the initial params
+    if capacity is None:
+        capacity = device_capacity(device, num_local_devices or num_devices)
+    return Plan(device, num_devices, mesh_shape, per, capacity)
+
+
+def local_device_name() -> tuple[str, int | None]:
+    """The planner's device name for jax.devices()[0], and its memory limit when jax reports it."""
+    import jax
+
+    dev = jax.devices()[0]
+    stats = {}
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception:  # CPU backends raise or return None
+        pass
+    kind = dev.device_kind.lower()
+    name = "cpu" if dev.platform == "cpu" else next((n for n in DEVICE_MEMORY if n.split("-")[-1] in kind), kind)
+    return name, stats.get("bytes_limit")

@@ -1,0 +1,72 @@
+"""Run directories as weight sources: a run's record (run.json) and its checkpoints.
+
+A run dir holds run.json (the model config, its source, the run config) and checkpoints/;
+up-scaling, merging, evaluation and export take one wherever they take an HF dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from solar_jax.errors import SolarError
+from solar_jax.models.config import ModelConfig
+from solar_jax.training import sharding
+from solar_jax.training.checkpoint import Checkpointer
+from solar_jax.training.state import state_layout
+from solar_jax.weights import hf
+
+RUN_FILE = "run.json"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / RUN_FILE).is_file() and (Path(path) / "checkpoints").is_dir()
+
+
+def run_record(model_config: ModelConfig, model_dir: str | None, c) -> dict[str, Any]:
+    """What run.json records: the trained model's config, its source, the run config."""
+    return dict(model_config=model_config.to_hf_config(), model_dir=model_dir, tokenizer=c.tokenizer,
+                config=json.loads(c.to_json_best_effort()))
+
+
+def read_run_record(workdir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(workdir) / RUN_FILE).read_text())
+
+
+def model_config_of(path: str | Path) -> ModelConfig:
+    """The model config of an HF dir or a run dir."""
+    if is_run_dir(path):
+        return ModelConfig.from_hf_config(read_run_record(path)["model_config"])
+    return ModelConfig.from_hf_config(hf.read_hf_config(path))
+
+
+def load_run_params(workdir: str | Path, step: int | None = None) -> tuple[dict, ModelConfig, dict[str, Any], int]:
+    """(params, model config, run record, step) from a solar_jax run's checkpoint (host memory)."""
+    workdir = Path(workdir)
+    if not is_run_dir(workdir):
+        raise SolarError(f"{workdir} is not a solar_jax run directory (no {RUN_FILE} and checkpoints/)")
+    record = read_run_record(workdir)
+    config = ModelConfig.from_hf_config(record["model_config"])
+    run_config = ml_collections.ConfigDict(record["config"])
+    # The run's state layout, on one device of this process: host memory, any topology.
+    mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
+    abstract = state_layout(run_config, config, mesh).abstract
+    ckpt = Checkpointer(workdir / "checkpoints")
+    if step is not None and step not in ckpt.all_steps():
+        raise SolarError(f"no checkpoint at step {step} in {workdir} (have: {ckpt.all_steps()})")
+    restored_step, state, _ = ckpt.restore(abstract, None, step)
+    ckpt.close()
+    return state["params"], config, record, restored_step
+
+
+def load_params_any(path: str) -> tuple[dict, ModelConfig, str | None]:
+    """An HF dir or a run dir (its latest checkpoint) -> (params, config, tokenizer source)."""
+    if is_run_dir(path):
+        params, config, record, _ = load_run_params(path)
+        return params, config, record.get("model_dir")
+    config = ModelConfig.from_hf_config(hf.read_hf_config(path))
+    return hf.load_hf_params(path, config), config, path

@@ -1,0 +1,104 @@
+"""The compiled pieces of a run: the train step, the eval step, DPO's reference log-probs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from solar_jax.training import data as data_lib
+from solar_jax.training import sft_data, sharding
+from solar_jax.training.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
+from solar_jax.training.optim import global_norm
+
+
+def objective_for(c, graphdef) -> Objective:
+    """What run config `c` minimises: cross-entropy (cpt, sft) or DPO."""
+    if c.task == "dpo":
+        return dpo_objective(graphdef, c.dpo.beta, c.dpo.loss_type, c.dpo.label_smoothing,
+                             precomputed=c.dpo.reference == "precomputed")
+    return cross_entropy_objective(graphdef)
+
+
+def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None):
+    """(state, batch[, reference params]) -> (state, metrics).
+
+    The loss is the objective's sum over the whole global batch divided by its denominator
+    (tokens for cross-entropy, pairs for DPO); with accum > 1 the batch is split into accum
+    strided microbatches (each device keeps its rows) whose gradients add up to the
+    full-batch gradient."""
+    objective = objective or cross_entropy_objective(graphdef)
+
+    def train_step(state, batch, ref=None):
+        params = state["params"]
+        denom = objective.denominator(batch)
+
+        def micro(p, mb):
+            total, metrics = objective.loss(p, mb, ref)
+            return total / denom, {k: v / denom for k, v in metrics.items()}
+
+        grad_fn = jax.value_and_grad(micro, has_aux=True)
+        if accum == 1:
+            (loss, metrics), grads = grad_fn(params, batch)
+        else:
+            # [B, ...] -> [accum, B/accum, ...], microbatch i = rows i, i+accum, ...
+            mbs = jax.tree.map(lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1), batch)
+
+            def body(carry, mb):
+                (l, m), g = grad_fn(params, mb)
+                return jax.tree.map(jnp.add, carry, (g, l, m)), None
+
+            first = jax.tree.map(lambda x: x[0], mbs)
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(grad_fn, params, first))
+            zeros = (zeros[1], zeros[0][0], zeros[0][1])
+            (grads, loss, metrics), _ = jax.lax.scan(body, zeros, mbs)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
+                         opt_state=opt_state, rng=state["rng"])
+        return new_state, dict(loss=loss, grad_norm=global_norm(grads), **metrics)
+
+    return train_step
+
+
+def make_eval_step(graphdef, objective: Objective | None = None):
+    """(params, batch[, reference]) -> (loss sum, denominator, metric sums)."""
+    objective = objective or cross_entropy_objective(graphdef)
+
+    def eval_step(params, batch, ref=None):
+        total, metrics = objective.loss(params, batch, ref)
+        return total, objective.denominator(batch), metrics
+
+    return eval_step
+
+
+def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=None) -> dict[str, float]:
+    """Held-out loss (and the objective's metrics), weighted by each batch's denominator."""
+    total, denom, sums = 0.0, 0.0, {}
+    for b in batches:
+        batch = sharding.put_global_batch(to_model(b), mesh)
+        t, n, m = eval_fn(params, batch) if ref is None else eval_fn(params, batch, ref)
+        total, denom = total + float(t), denom + float(n)
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    if not denom:
+        return {}
+    return {"eval_loss": total / denom, **{f"eval_{k}": v / denom for k, v in sums.items()}}
+
+
+def reference_fn(c, graphdef, params, mesh):
+    """examples -> [N, 2] log-probs of chosen and rejected under `params` (the initial model):
+    DPO's precomputed reference."""
+    fn = jax.jit(reference_logps_fn(graphdef, average=c.dpo.loss_type == "ipo"))
+
+    def reference(examples: list[Any]) -> np.ndarray:
+        out = []
+        for b in sft_data.eval_batches(examples, c.seq_len, c.batch_size):
+            batch = sharding.put_global_batch(sft_data.to_model(b), mesh)
+            rc, rr = fn(params, batch)
+            out.append(np.stack([np.asarray(rc), np.asarray(rr)], axis=1))
+        return np.concatenate(out)[: len(examples)] if out else np.zeros((0, 2), np.float32)
+
+    return reference

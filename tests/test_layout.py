@@ -1,0 +1,117 @@
+"""The house: imports point one way (no module imports a higher layer, no cycles), the
+public API holds whatever is imported, and every command runs without runpy's warning."""
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import solar_jax as sj
+from conftest import REPO, run_command
+
+PACKAGE = REPO / "solar_jax"
+# Lowest first. A module may import its own layer and those below it.
+LAYERS = ["errors", "config_files", "models", "weights", "surgery", "training", "evaluation", "pipelines"]
+COMMANDS = sorted(p.stem for p in PACKAGE.glob("*.py")
+                  if p.stem not in ("__init__", "errors", "config_files", "cli", "host_malloc"))
+
+
+def _layer(module: str) -> int:
+    """solar_jax.X.Y -> rank of X; the command layer (cli, commands, bench) is on top."""
+    top = module.split(".")[1] if "." in module else "__init__"
+    return LAYERS.index(top) if top in LAYERS else len(LAYERS)
+
+
+def _imports() -> dict[str, tuple[set[str], set[str]]]:
+    """module -> (solar_jax modules imported at the top, imported inside functions)."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        top, inner = set(), set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" if node.module == "solar_jax" else node.module for a in node.names]
+            names = [n for n in names if n.startswith("solar_jax.")]
+            (top if node.col_offset == 0 else inner).update(names) if names else None
+        out[module] = (top, inner)
+    return out
+
+
+def test_no_module_imports_a_higher_layer():
+    wrong = [f"{m} -> {i}" for m, (top, inner) in _imports().items() for i in top | inner
+             if m != "solar_jax" and _layer(i) > _layer(m)]
+    assert not wrong, wrong
+
+
+def test_library_imports_are_at_the_top_of_each_file():
+    # Benchmarks keep theirs in worker functions: a peer's worker process (torch, mergekit)
+    # must not load jax and the model code, or its time and memory would include ours.
+    inner = [f"{m} -> {sorted(i)}" for m, (_, i) in _imports().items() if i and not m.startswith("solar_jax.bench")]
+    assert not inner, inner
+
+
+def test_no_import_cycles():
+    graph = {m: {i for i in top | inner if i in _imports()} for m, (top, inner) in _imports().items()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        if state.get(m) == 1:
+            pytest.fail("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for n in graph.get(m, ()):
+            visit(n, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        visit(m, [])
+
+
+def test_public_api_stays_itself_after_every_command_module_is_imported():
+    expected = dict(load_hf=sj.load_hf, save_hf=sj.save_hf, generate=sj.generate, depth_up_scale=sj.depth_up_scale,
+                    merge=sj.merge, ModelConfig=sj.ModelConfig, Transformer=sj.Transformer, SolarError=sj.SolarError)
+    for name in COMMANDS:
+        importlib.import_module(f"solar_jax.{name}")
+    model = sj.Transformer(sj.ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
+                                          num_heads=2, num_kv_heads=1), rngs=__import__("flax").nnx.Rngs(0))
+    for _ in range(2):
+        for name, value in expected.items():
+            assert getattr(sj, name) is value and not isinstance(value, type(sys)), name
+        deeper = sj.depth_up_scale(model, m=1)
+        assert deeper.config.num_layers == 2
+        merged = sj.merge([model, model], method="linear")
+        assert merged.config == model.config
+        tokens = sj.generate(model, [[1, 2, 3]], max_new_tokens=2)
+        assert len(tokens[0]) == 2
+
+
+def test_importing_the_package_runs_nothing():
+    # No re-exec, no flags, no jax backend started by `import solar_jax`.
+    code = ("import os, sys; pid = os.getpid(); import solar_jax, jax; "
+            "assert os.getpid() == pid; print(jax._src.xla_bridge._backends == {})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_starts_clean_and_refuses_an_unknown_key_in_one_line(command):
+    r = run_command(f"solar_jax.{command}", "--config.no_such_key=1", timeout=120)
+    assert "RuntimeWarning" not in r.stderr and "found in sys.modules" not in r.stderr, r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "no_such_key" in r.stderr
+
+
+def test_old_flag_names_name_the_new_ones(tmp_path):
+    r = run_command("solar_jax.merge", "--config.models=a,b", f"--config.output_dir={tmp_path / 'o'}")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --config.models is now --config.model_dir"
+    r = run_command("solar_jax.merge", "--yaml=x.yaml", f"--config.output_dir={tmp_path / 'o'}")
+    assert r.returncode == 2 and "use --config.yaml=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_command("solar_jax.recipe", "--config.out_dir=x")
+    assert r.returncode == 2 and "--config.output_dir" in r.stderr
