@@ -112,14 +112,7 @@ def checkpoint_saved(workdir, step: int):
     return lambda: (Path(workdir) / "checkpoints" / str(step)).is_dir()
 
 
-def load_config(name: str, variant: str | None = None):
-    """configs/NAME's get_config(variant), as the --config flag would load it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"configs_{name.removesuffix('.py')}", REPO / "configs" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+from solar_jax.config_files import load_config  # noqa: E402,F401  configs/NAME's get_config(variant)
 
 
 def override(c, **values):
