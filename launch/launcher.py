@@ -6,11 +6,16 @@ command instead of running it.
   python3 launch/launcher.py gpu --hosts=gpu0,gpu1 [--port=8476] [--dry_run] -- --config=... ...
 
 TPU: create (or --reuse) the slice, copy this checkout (git archive of HEAD) to every worker,
-install it (launch/setup.sh with jax[tpu]), run the train command on all workers at once
-(`--worker=all`; jax.distributed auto-detects the slice), stream the logs, and with
---delete tear the slice down afterwards. GPU hosts: rsync the checkout to each host, set up,
-then start one process per host over ssh with host 0 as the coordinator, every line
-prefixed with its host; if one process fails the others are stopped.
+install it (launch/setup.sh with jax[tpu]) on worker 0 first, then on all (a broken set-up
+fails once, fast), run the train command on all workers at once (`--worker=all`;
+jax.distributed auto-detects the slice), stream the logs, and with --delete tear the slice
+down afterwards. GPU hosts: rsync the checkout to each host and set it up, host 0 first and
+one after another, then start one process per host over ssh with host 0 as the
+coordinator, every line prefixed with its host; if one process fails the others are stopped.
+
+Flags follow the commands' conventions: snake_case names, booleans as `--x`, `--x=true` or
+`--x=false`, one-line errors with exit 2. It is not an ml_collections config file because
+it must run where solar_jax is not installed: the train command's config follows `--`.
 
 Standard library only: runs on a laptop that has gcloud/ssh but not jax.
 """
@@ -39,6 +44,18 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _boolean(text: str) -> bool:
+    """--flag, --flag=true/false (as the commands' absl booleans read them)."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def _add_boolean(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(f"--{name}", type=_boolean, nargs="?", const=True, default=False, help=help)
+
+
 def tpu_runtime(accelerator: str) -> str:
     generation = accelerator.split("-")[0]
     if generation not in TPU_RUNTIMES:
@@ -65,6 +82,9 @@ def tpu_commands(a) -> list[list[str]]:
     cmds.append(tpu + ["scp", f"/tmp/{ARCHIVE}", f"{a.name}:{ARCHIVE}", *where, "--worker=all"])
     setup = (f"mkdir -p {REMOTE_DIR} && tar -xzf {ARCHIVE} -C {REMOTE_DIR} && cd {REMOTE_DIR} && "
              f"SOLAR_JAX_ACCELERATOR=tpu bash launch/setup.sh")
+    # Worker 0 first: a set-up that breaks (no Python >= 3.11 to be had, pip refusing)
+    # fails once, fast, before 16 or 64 workers fail the same way.
+    cmds.append(tpu + ["ssh", a.name, *where, "--worker=0", "--command", setup])
     cmds.append(tpu + ["ssh", a.name, *where, "--worker=all", "--command", setup])
     cmds.append(tpu + ["ssh", a.name, *where, "--worker=all", "--command",
                        remote_train(["--distributed=on", *a.train_args])])
@@ -120,7 +140,16 @@ def _run_prefixed(runs: list[tuple[str, list[str]]]) -> int:
     return code or max((p.returncode for _, p in procs), default=0)
 
 
+# What launch/setup.sh does on a worker or host, printed by --dry_run (the worker's Python
+# is only known there). TPU VM images are Ubuntu 22.04 with Python 3.10; jax 0.10 needs 3.11.
+SETUP_NOTE = ("# launch/setup.sh on each machine: a venv from the first Python >= 3.11 of python3, python3.11, "
+              "python3.12, python3.13; else a uv-managed CPython 3.11 (uv from PATH, else pip install --user uv); "
+              "else it stops with one line saying what to install")
+
+
 def _execute(cmds: list[list[str]], dry_run: bool) -> None:
+    if dry_run:
+        print(SETUP_NOTE)
     for cmd in cmds:
         print(("" if dry_run else "+ ") + shlex.join(cmd), flush=True)
         if not dry_run:
@@ -141,14 +170,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     t.add_argument("--accelerator", required=True, help="e.g. v5p-128, v6e-64, v4-32")
     t.add_argument("--project", default="")
     t.add_argument("--version", default="", help="TPU VM software version (default: per generation)")
-    t.add_argument("--spot", action="store_true")
-    t.add_argument("--reuse", action="store_true", help="use an existing slice of that name")
-    t.add_argument("--delete", action="store_true", help="delete the slice when the job ends")
-    t.add_argument("--dry_run", action="store_true")
+    _add_boolean(t, "spot", "a spot (preemptible) slice")
+    _add_boolean(t, "reuse", "use an existing slice of that name")
+    _add_boolean(t, "delete", "delete the slice when the job ends")
+    _add_boolean(t, "dry_run", "print every command instead of running it")
     g = sub.add_parser("gpu", help="GPU hosts over ssh")
     g.add_argument("--hosts", required=True, help="comma-separated [user@]host list; the first coordinates")
     g.add_argument("--port", type=int, default=8476, help="coordinator port on the first host")
-    g.add_argument("--dry_run", action="store_true")
+    _add_boolean(g, "dry_run", "print every command instead of running it")
     for s in (t, g):
         s.error = p.error  # one-line errors from the sub-commands too
     a = p.parse_args(argv)

@@ -85,6 +85,25 @@ def _check_vocabulary(argv: Sequence[str], config: ml_collections.ConfigDict | N
 _PARSE_ERRORS = (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError)
 
 
+def _default_config(config_file: str, argv: Sequence[str]) -> ml_collections.ConfigDict | None:
+    """The command's default config file with the variant given in --config=PATH:VARIANT, or
+    None where that variant does not load (the config flag then reports why)."""
+    variant = None
+    for arg in argv[1:]:
+        if arg.startswith("--config=") and ":" in arg:
+            variant = arg.split(":", 1)[1]
+    try:
+        return load_config(config_file, variant)
+    except ValueError:
+        return None
+
+
+def _config_arg(config_file: str) -> str:
+    """The --config value given (the last one), else the command's default file."""
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
+    return given[-1] if given else f"configs/{config_file}"
+
+
 def _parse(config_file: str, define: Callable[[], None] | None) -> ml_collections.ConfigDict:
     before = set(flags.FLAGS)
     if define:
@@ -92,7 +111,7 @@ def _parse(config_file: str, define: Callable[[], None] | None) -> ml_collection
     own = set(flags.FLAGS) - before | {"config", "help", "helpshort", "helpfull"}
     # The default config's keys name the right form when an old or bare flag is used
     # (before the config flag is defined: ml_collections applies overrides right then).
-    _check_vocabulary(sys.argv, load_config(config_file), own)
+    _check_vocabulary(sys.argv, _default_config(config_file, sys.argv), own)
     config_flags.DEFINE_config_file("config", str(config_path(config_file)),
                                     "ml_collections config file[:variant]", lock_config=True)
     flags.FLAGS(sys.argv)
@@ -124,6 +143,8 @@ def run(main: Callable[[ml_collections.ConfigDict], None], config_file: str,
         # KeyError/AttributeError stringify as reprs; their first argument reads better.
         text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
         text = str(text).replace("\\n", " ").replace("\\'", "'").strip("'\" ")
+        if "Traceback (most recent call last)" in text:  # a config file's get_config raised
+            text = f"{_config_arg(config_file)}: {text.strip().splitlines()[-1].strip()}"
         fail(f"bad flags or config: {text}")
     from absl import logging
 

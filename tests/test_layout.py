@@ -5,7 +5,6 @@ import ast
 import importlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -50,10 +49,21 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_library_imports_are_at_the_top_of_each_file():
-    # Benchmarks keep theirs in worker functions: a peer's worker process (torch, mergekit)
-    # must not load jax and the model code, or its time and memory would include ours.
-    inner = [f"{m} -> {sorted(i)}" for m, (_, i) in _imports().items() if i and not m.startswith("solar_jax.bench")]
+    inner = [f"{m} -> {sorted(i)}" for m, (_, i) in _imports().items() if i]
     assert not inner, inner
+
+
+def test_the_peers_benchmark_workers_never_load_solar_jax_or_jax():
+    # Their time and memory must be the peer's own: peers.py runs as a script and imports
+    # only the standard library, its sibling measure.py and the peer's libraries.
+    imported = set()
+    for path in (PACKAGE / "bench" / "peers.py", PACKAGE / "bench" / "measure.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+    assert not imported & {"solar_jax", "jax", "flax", "optax", "ml_collections"}, imported
 
 
 def test_no_import_cycles():

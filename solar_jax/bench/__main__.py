@@ -1,17 +1,17 @@
-"""python -m solar_jax.bench NAME [args]: run one benchmark (see solar_jax/bench/__init__.py)."""
+"""python -m solar_jax.bench --config=configs/bench.py:NAME [--config.x=y]: one benchmark."""
 
-import importlib
-import sys
+import ml_collections
 
-BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan")
+from solar_jax import cli
+from solar_jax.bench import convert, dpo, eval as eval_bench, plan, train, vs_mergekit
+
+BENCHMARKS = dict(convert=convert.main, upscale=vs_mergekit.bench, merge=vs_mergekit.bench, train=train.main,
+                  dpo=dpo.main, eval=eval_bench.main, plan=plan.main)
 
 
-def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
-        print(f"error: usage: python -m solar_jax.bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)
-        sys.exit(2)
-    importlib.import_module(f"solar_jax.bench.{sys.argv[1]}").main(sys.argv[2:])
+def main(c: ml_collections.ConfigDict) -> None:
+    BENCHMARKS[c.benchmark](c)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "bench.py")

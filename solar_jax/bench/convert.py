@@ -9,67 +9,36 @@ the process's baseline after imports <= model bytes + largest shard bytes.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from solar_jax.bench.common import Timer, current_rss_bytes, gib, median, peak_rss_bytes, report, run_worker
+import ml_collections
+
+from solar_jax.bench.common import gib, median, run_worker
+from solar_jax.weights.hf import open_checkpoint
+from solar_jax.weights.real_model import ensure_real_model
 
 
-def _worker(side: str, model_dir: str, out_dir: str) -> None:
-    if side == "solar_jax":
-        import jax  # noqa: F401  (imports count in the baseline, not in the work)
-
-        from solar_jax.weights import hf
-        from solar_jax.models.config import ModelConfig
-
-        baseline = current_rss_bytes()
-        with Timer() as t:
-            config = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
-            params = hf.load_hf_params(model_dir, config)
-            hf.save_hf_params(params, config, out_dir, source_dir=model_dir)
-    else:
-        import torch
-        import transformers
-
-        baseline = current_rss_bytes()
-        with Timer() as t:
-            model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            model.save_pretrained(out_dir)
-    report(dict(seconds=t.seconds, peak_rss=peak_rss_bytes(), baseline_rss=baseline))
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m solar_jax.bench convert")
-    parser.add_argument("--model_dir", default=None, help="HF dir (default: the real model SmolLM2-135M)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker", choices=["solar_jax", "transformers"], help=argparse.SUPPRESS)
-    parser.add_argument("--output_dir", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return _worker(args.worker, args.model_dir, args.output_dir)
-
-    from solar_jax.weights.hf import open_checkpoint
-    from solar_jax.weights.real_model import ensure_real_model
-
-    model_dir = Path(args.model_dir or ensure_real_model())
+def main(c: ml_collections.ConfigDict) -> None:
+    model_dir = Path(c.model_dir or ensure_real_model())
     files = {r.path for r in open_checkpoint(model_dir).values()}
     model_bytes = sum(Path(f).stat().st_size for f in files)
     largest_shard = max(Path(f).stat().st_size for f in files)
     results: dict[str, list] = {"solar_jax": [], "transformers": []}
     scratch = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     try:
-        for i in range(args.repeats):
+        for i in range(c.repeats):
             for side in results:
                 out = scratch / f"{side}-{i}"
-                results[side].append(run_worker("solar_jax.bench.convert",
-                                                ["--worker", side, "--model_dir", str(model_dir), "--output_dir", str(out)]))
+                worker_side = "solar_jax" if side == "solar_jax" else "peer"
+                results[side].append(run_worker(worker_side, "convert", dict(model_dir=str(model_dir),
+                                                                              output_dir=str(out))))
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"convert (import + export) of {model_dir.name}: {gib(model_bytes)} in {len(files)} file(s), "
-          f"median of {args.repeats}")
+          f"median of {c.repeats}")
     print(f"{'':14s}{'wall s':>9s}{'peak RSS':>12s}{'peak - baseline':>18s}")
     row = {}
     for side, rs in results.items():
@@ -82,9 +51,3 @@ def main(argv: list[str]) -> None:
     target = model_bytes + largest_shard
     print(f"target: time <= transformers: {'MET' if ts <= hs else 'MISSED'}; peak above baseline "
           f"{gib(td)} <= model + largest shard {gib(target)}: {'MET' if td <= target else 'MISSED'}")
-
-
-if __name__ == "__main__":  # worker processes
-    import sys
-
-    main(sys.argv[1:])

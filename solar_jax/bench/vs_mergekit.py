@@ -8,7 +8,6 @@ mergekit runs from its own virtual environment (created on first use with
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -18,9 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 
 from solar_jax.bench.common import gib
+from solar_jax.weights.hf import copy_side_files, open_checkpoint, read_hf_config, write_shards
+from solar_jax.weights.real_model import ensure_real_model
 
 DEFAULT_VENV = Path.home() / ".cache" / "solar_jax" / "bench-mergekit-venv"
 
@@ -47,8 +49,6 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 
 def read_dir(path: Path) -> dict[str, np.ndarray]:
-    from solar_jax.weights.hf import open_checkpoint
-
     return {k: r.read(k) for k, r in open_checkpoint(path).items()}
 
 
@@ -66,8 +66,6 @@ def compare(ours: Path, theirs: Path) -> tuple[int, float, list[str]]:
 
 def make_variant(src: Path, dst: Path, seed: int, scale: float = 0.02) -> None:
     """A perturbed copy of a model (x + scale * std(x) * noise): the second merge input."""
-    from solar_jax.weights.hf import copy_side_files, open_checkpoint, write_shards
-
     sources = open_checkpoint(src)
     rng = np.random.default_rng(seed)
     dst.mkdir(parents=True)
@@ -82,21 +80,14 @@ def make_variant(src: Path, dst: Path, seed: int, scale: float = 0.02) -> None:
     write_shards(dst, specs, produce, 5 * 10**9)
 
 
-def bench(kind: str, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m solar_jax.bench {kind}")
-    parser.add_argument("--model_dir", default=None, help="HF dir (default: the real model SmolLM2-135M)")
-    parser.add_argument("--m", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--mergekit_venv", default=str(DEFAULT_VENV))
-    args = parser.parse_args(argv)
-    from solar_jax.weights.real_model import ensure_real_model
-
-    model_dir = Path(args.model_dir or ensure_real_model())
-    mk = str(mergekit_bin(Path(args.mergekit_venv)))
+def bench(c: ml_collections.ConfigDict) -> None:
+    kind = c.benchmark
+    model_dir = Path(c.model_dir or ensure_real_model())
+    mk = str(mergekit_bin(Path(c.mergekit_venv or DEFAULT_VENV)))
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     try:
-        cases = _cases(kind, model_dir, args.m, scratch)
-        print(f"{kind} on {model_dir.name}, median of {args.repeats} runs (whole commands, this machine)")
+        cases = _cases(kind, model_dir, c.get("m", 0), scratch)
+        print(f"{kind} on {model_dir.name}, median of {c.repeats} runs (whole commands, this machine)")
         print(f"{'case':22s}{'solar_jax s':>12s}{'mergekit s':>12s}{'time ratio':>12s}"
               f"{'solar_jax RSS':>15s}{'mergekit RSS':>14s}{'tensors':>9s}{'max |diff|':>12s}")
         for name, ours_cmd, yaml_text, tol in cases:
@@ -104,14 +95,14 @@ def bench(kind: str, argv: list[str]) -> None:
             yaml_path = scratch / f"{slug}.yaml"
             yaml_path.write_text(yaml_text)
             ours_runs, theirs_runs = [], []
-            for i in range(args.repeats):
+            for i in range(c.repeats):
                 out_ours, out_theirs = scratch / f"{slug}-ours-{i}", scratch / f"{slug}-mk-{i}"
                 ours_runs.append(timed(ours_cmd(out_ours)))
                 theirs_runs.append(timed([mk, str(yaml_path), str(out_theirs)]))
-                if i == args.repeats - 1:
+                if i == c.repeats - 1:
                     count, diff, mismatch = compare(out_ours, out_theirs)
                 shutil.rmtree(out_ours, ignore_errors=True)
-                if i < args.repeats - 1:
+                if i < c.repeats - 1:
                     shutil.rmtree(out_theirs, ignore_errors=True)
             ts, tm = statistics.median(r[0] for r in ours_runs), statistics.median(r[0] for r in theirs_runs)
             ms, mm = statistics.median(r[1] for r in ours_runs), statistics.median(r[1] for r in theirs_runs)
@@ -126,8 +117,6 @@ def bench(kind: str, argv: list[str]) -> None:
 def _cases(kind: str, model_dir: Path, m: int, scratch: Path):
     py = [sys.executable, "-m"]
     if kind == "upscale":
-        from solar_jax.weights.hf import read_hf_config
-
         n = read_hf_config(model_dir)["num_hidden_layers"]
         yaml_text = (f"slices:\n  - sources:\n      - model: {model_dir}\n        layer_range: [0, {n - m}]\n"
                      f"  - sources:\n      - model: {model_dir}\n        layer_range: [{m}, {n}]\n"
@@ -142,8 +131,8 @@ def _cases(kind: str, model_dir: Path, m: int, scratch: Path):
                    f"    parameters: {{weight: 0.5}}\nmerge_method: linear\ndtype: float32\n")
     slerp_yaml = (f"models:\n  - model: {a}\n  - model: {b}\nmerge_method: slerp\nbase_model: {a}\n"
                   "parameters:\n  t: 0.5\ndtype: float32\n")
-    linear = lambda out: py + ["solar_jax.merge", "--config.method=linear", f"--config.models={a},{b}",
+    linear = lambda out: py + ["solar_jax.merge", "--config.method=linear", f"--config.model_dir={a},{b}",
                                "--config.weights=0.5,0.5", f"--config.output_dir={out}"]
-    slerp = lambda out: py + ["solar_jax.merge", "--config.method=slerp", f"--config.models={a},{b}",
+    slerp = lambda out: py + ["solar_jax.merge", "--config.method=slerp", f"--config.model_dir={a},{b}",
                               "--config.t=0.5", f"--config.output_dir={out}"]
     return [("linear 0.5/0.5", linear, linear_yaml, 0.0), ("slerp t=0.5", slerp, slerp_yaml, 1e-5)]

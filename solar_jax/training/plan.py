@@ -8,7 +8,7 @@ nothing allocated) with each leaf divided by the mesh axes its parameter is spli
 (sharding.spec_for, the rules the train step uses). Gradients are float32 like the params
 (a second copy when accumulating microbatches). Activations are an estimate per remat
 policy, from the tensors the backward pass keeps per layer, with coefficients fitted to
-XLA's compiled memory analysis (`python -m solar_jax.bench plan` prints estimate vs
+XLA's compiled memory analysis (`python -m solar_jax.bench --config=configs/bench.py:plan` prints estimate vs
 compiled). The train command runs the same check before compiling.
 """
 
@@ -48,7 +48,7 @@ _SLICE_DEVICE = {"v4": "tpu-v4", "v5p": "tpu-v5p", "v5e": "tpu-v5e", "v5litepod"
 # and data=2 x fsdp=2. Largest error there: 12% (none), 16% (dots), 19% (dots_no_batch), 40%
 # (full, on steps under 6 MiB where fixed buffers dominate). Fitted on CPU: XLA on TPU/GPU
 # fuses and schedules differently, so leave headroom there.
-# `python -m solar_jax.bench plan` re-measures. Terms (t: tokens of one microbatch on a
+# `python -m solar_jax.bench --config=configs/bench.py:plan` re-measures. Terms (t: tokens of one microbatch on a
 # device; a: compute dtype bytes; Q = (N + 2K) * head_dim; S = rows * N * T^2):
 #   d: L t D a     f: L t F a     q: L t Q a     s: L S 4 (attention probabilities)
 #   s1: S 4 (one layer's)     v: t V 4 (float32 logits)     g: parameter bytes (gradients)

@@ -1,0 +1,40 @@
+"""Benchmarks against the peers (see solar_jax/bench/__init__.py): one variant per benchmark.
+
+  python -m solar_jax.bench --config=configs/bench.py:convert [--config.repeats=5]
+  python -m solar_jax.bench --config=configs/bench.py:train --config.model=tiny --config.pairs=3
+"""
+
+import ml_collections
+
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan")
+
+
+def get_config(arg=None):
+    if arg not in BENCHMARKS:
+        raise ValueError(f"name a benchmark: --config=configs/bench.py:NAME with NAME one of {', '.join(BENCHMARKS)}")
+    c = ml_collections.ConfigDict()
+    c.benchmark = arg
+    if arg in ("convert", "upscale", "merge"):
+        c.model_dir = ""  # an HF dir; "" = the real model SmolLM2-135M
+        c.repeats = 3  # alternating runs per side; medians are printed
+    if arg == "upscale":
+        c.m = 8  # layers dropped at each seam (SOLAR: 8)
+    if arg in ("upscale", "merge"):
+        c.mergekit_venv = ""  # "" = ~/.cache/solar_jax/bench-mergekit-venv, made on first use
+    if arg == "train":
+        c.model = "all"  # smollm2-44 (SmolLM2-135M up-scaled 30 -> 44 layers), tiny, or all
+        c.batch_size = 4
+        c.seq_len = 128
+        c.steps = 4  # timed steps per process (median), after the warm-up
+        c.warmup = 2
+        c.pairs = 2  # back-to-back solar_jax / torch pairs
+        c.remat = ""  # solar_jax's remat policy; "" = the train config's
+    if arg == "dpo":
+        c.model = "smollm2"  # smollm2 or tiny
+        c.steps = 6
+        c.batch_size = 4
+        c.seq_len = 160
+    if arg == "eval":
+        c.questions = 64  # 4 requests each (the true answer and three wrong ones)
+        c.batch_size = 16
+    return c
