@@ -198,7 +198,7 @@ def test_every_config_file_builds_and_validates():
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        for variant in getattr(module, "VARIANTS", (None,)):
+        for variant in getattr(module, "VARIANTS", getattr(module, "BENCHMARKS", (None,))):
             c = module.get_config(variant)
             assert c is not None
             if path.stem in ("recipe", "reproduce"):  # each training stage is a run config

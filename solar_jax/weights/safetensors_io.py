@@ -9,6 +9,7 @@ ml_dtypes (numpy has no bfloat16 of its own). Nothing here unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -23,11 +24,61 @@ _DTYPES: dict[str, Any] = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
-_MAX_HEADER = 100 * 1024 * 1024
+_MAX_HEADER = 100_000_000  # the safetensors library's limit
 
 
 def dtype_code(dtype: Any) -> str:
     return _NAMES[np.dtype(dtype)]
+
+
+def _count(value: Any) -> bool:
+    """A JSON unsigned integer (what the reference parser takes for usize)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_header(raw: bytes, file_size: int, where: str) -> tuple[dict[str, str], dict[str, tuple], int]:
+    """Validates a header as the `safetensors` library does; returns (metadata,
+    {name: (dtype, shape, begin, end)}, data start). Everything it refuses is a SolarError:
+    a header that is not a JSON object of entries {dtype, shape, data_offsets} with
+    non-negative integers, offsets that do not tile the data section from 0 without gaps or
+    overlaps, byte counts other than dtype x shape, data that does not end at the file's end."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SolarError(f"{where}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise SolarError(f"{where}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SolarError(f"{where}: corrupt safetensors header (__metadata__ must map names to strings)")
+    entries = {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise SolarError(f"{where}: tensor {name} lacks dtype, shape or data_offsets in the header")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_count(d) for d in shape):
+            raise SolarError(f"{where}: tensor {name} has an invalid shape {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets):
+            raise SolarError(f"{where}: tensor {name} has invalid data_offsets {offsets!r}")
+        if info["dtype"] not in _DTYPES:
+            raise SolarError(f"{where}: tensor {name} has unsupported dtype {info['dtype']!r}")
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+    end = 0  # the tensors, in offset order, must tile [0, data size) exactly
+    for name, (dtype, shape, begin, stop) in sorted(entries.items(), key=lambda kv: kv[1][2:]):
+        if begin != end or stop < begin:
+            raise SolarError(f"{where}: tensor {name} has data_offsets [{begin}, {stop}] where [{end}, ...] was "
+                             "expected (gaps and overlaps are refused)")
+        nbytes = dtype.itemsize * math.prod(shape)
+        if stop - begin != nbytes:
+            raise SolarError(f"{where}: tensor {name} has {stop - begin} bytes for shape {shape} {dtype.name}")
+        end = stop
+    data_start = 8 + len(raw)
+    if data_start + end != file_size:
+        what = "truncated" if data_start + end > file_size else "corrupt"
+        raise SolarError(f"{where}: {what} safetensors file: its tensors end at byte {data_start + end}, "
+                         f"the file has {file_size}")
+    return metadata, entries, data_start
 
 
 class SafetensorsReader:
@@ -43,26 +94,8 @@ class SafetensorsReader:
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER or 8 + n > size:
                 raise SolarError(f"{self.path}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})")
-            try:
-                header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise SolarError(f"{self.path}: corrupt safetensors header ({e})") from None
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + n
-        self._entries: dict[str, tuple[Any, tuple[int, ...], int, int]] = {}
-        for name, info in header.items():
-            if info.get("dtype") not in _DTYPES:
-                raise SolarError(f"{self.path}: tensor {name} has unsupported dtype {info.get('dtype')!r}")
-            dtype = np.dtype(_DTYPES[info["dtype"]])
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = info["data_offsets"]
-            if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-                raise SolarError(f"{self.path}: tensor {name} has {end - begin} bytes for shape {shape} {info['dtype']}")
-            if self._data_start + end > size:
-                raise SolarError(
-                    f"{self.path}: truncated safetensors file: tensor {name} needs bytes up to "
-                    f"{self._data_start + end}, the file has {size}")
-            self._entries[name] = (dtype, shape, begin, end)
+            raw = f.read(n)
+        self.metadata, self._entries, self._data_start = parse_header(raw, size, self.path)
 
     def keys(self) -> list[str]:
         return list(self._entries)
