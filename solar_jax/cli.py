@@ -8,8 +8,10 @@ input into one line on stderr with exit 2 (no traceback). Library code never rea
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
+import threading
 from typing import Callable, Sequence
 
 import ml_collections
@@ -18,7 +20,7 @@ from ml_collections import config_flags
 
 from solar_jax import host_malloc
 from solar_jax.config_files import config_path, load_config
-from solar_jax.errors import SolarError
+from solar_jax.errors import RunFailed, SolarError
 from solar_jax.training import distributed
 
 # XLA CPU flags that were measured to help; they only touch CPU codegen. YNNPACK for dots
@@ -42,9 +44,12 @@ def apply_default_xla_flags() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, then exit (2: bad input)."""
+    """One line on stderr, then exit (2: bad input). Library loggers are silenced from here
+    on: what background writers still report while the process winds down (asyncio's
+    "Task exception was never retrieved" for each failed write) is the same failure again."""
     line = " ".join(str(message).split())
-    print(f"error: {line}", file=sys.stderr)
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    pylogging.disable(pylogging.CRITICAL)
     sys.exit(code)
 
 
@@ -106,6 +111,8 @@ def _config_arg(config_file: str) -> str:
 
 def _parse(config_file: str, define: Callable[[], None] | None) -> ml_collections.ConfigDict:
     before = set(flags.FLAGS)
+    if "debug" not in flags.FLAGS:
+        flags.DEFINE_bool("debug", False, "print the traceback of a failure instead of its one-line summary")
     if define:
         define()
     own = set(flags.FLAGS) - before | {"config", "help", "helpshort", "helpfull"}
@@ -149,12 +156,68 @@ def run(main: Callable[[ml_collections.ConfigDict], None], config_file: str,
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
+    debug = flags.FLAGS.debug
+    if not debug:
+        threading.excepthook = _one_line_thread_error
+        sys.excepthook = _one_line_stray_error
+        for name in ("absl", "asyncio"):
+            pylogging.getLogger(name).addFilter(_without_traceback)
     try:
         main(config)
     except SolarError as e:
         fail(str(e))
+    except RunFailed as e:
+        fail(str(e), 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001  the one edge: every other failure is one line too
+        if debug:
+            raise
+        fail(*describe_failure(e))
+
+
+# Files that are not there, not readable or of the wrong kind are bad input (exit 2); other
+# OS errors (a full disk, an I/O error) are the machine's (exit 1).
+_BAD_INPUT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def describe_failure(e: BaseException) -> tuple[str, int]:
+    """(one line, exit code) for an exception a command did not turn into a SolarError."""
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}", 2 if isinstance(e, _BAD_INPUT_OS_ERRORS) else 1
+    return f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1
+
+
+def _without_traceback(record: pylogging.LogRecord) -> bool:
+    """Libraries' error logs (orbax logs each failed background write with its traceback)
+    keep their message, in one line, without the traceback; --debug keeps everything."""
+    if record.exc_info or record.exc_text:
+        record.exc_info, record.exc_text = None, None
+    record.msg, record.args = " ".join(record.getMessage().split()), None
+    return True
+
+
+_STRAY_SEEN: set[str] = set()
+
+
+def _one_line_stray_error(exc_type, exc_value, tb) -> None:
+    """Errors printed outside the main flow (C extensions calling back into Python after a
+    failure, e.g. tensorstore into a closed event loop): one line each, repeats dropped."""
+    message = " ".join(describe_failure(exc_value)[0].split())
+    if message not in _STRAY_SEEN:
+        _STRAY_SEEN.add(message)
+        print(f"error (background): {message}", file=sys.stderr, flush=True)
+
+
+def _one_line_thread_error(args) -> None:
+    """Background threads (orbax's checkpoint writers) report a failure in one line each;
+    the main thread then fails on the same error at its edge. --debug keeps tracebacks."""
+    if args.exc_type is SystemExit:
+        return
+    message, _ = describe_failure(args.exc_value)
+    print(f"error in a background thread ({args.thread.name if args.thread else '?'}): {' '.join(message.split())}",
+          file=sys.stderr, flush=True)
 
 
 def define_distributed_flags() -> None:

@@ -7,19 +7,13 @@ the environment names a cluster, and prints the summary.
 
 from __future__ import annotations
 
-import sys
-
 from solar_jax import cli
-from solar_jax.training.loop import TrainingDiverged, _say, train_and_evaluate
+from solar_jax.training.loop import _say, train_and_evaluate
 
 
 def main(c) -> None:
     cli.start_distributed()  # before any backend starts
-    try:
-        result = train_and_evaluate(c, c.workdir)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
+    result = train_and_evaluate(c, c.workdir)  # a diverged loss or a failed write: RunFailed, exit 1
     if result["status"] != "completed":
         return
     if result["loss"] is None:  # nothing left to run: the run had reached num_steps

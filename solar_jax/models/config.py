@@ -29,6 +29,10 @@ class RopeScaling:
     original_max_position_embeddings: int | None = None
 
 
+# config.json keys without which the model cannot be built.
+REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     model_type: str = "llama"
@@ -71,6 +75,13 @@ class ModelConfig:
         for flag in ("attention_bias", "mlp_bias"):
             if hf.get(flag):
                 raise SolarError(f"unsupported {flag}=true in config.json (Llama/Mistral without biases only)")
+        missing = [k for k in REQUIRED_HF_KEYS if k not in hf]
+        if missing:
+            raise SolarError(f"config.json lacks {', '.join(missing)}")
+        for key in (*REQUIRED_HF_KEYS, "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = hf.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise SolarError(f"config.json: {key} must be a positive integer, got {value!r}")
         num_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
         rope_theta, rope_scaling = _rope_from_hf(hf)

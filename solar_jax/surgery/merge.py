@@ -152,7 +152,11 @@ def validate_spec(spec: MergeSpec, config: ModelConfig) -> None:
             if _global_flag(spec, "normalize", True) and np.any(np.abs(np.sum(weights, axis=0)) < 1e-12):
                 raise SolarError(f"linear merge weights sum to zero for {names[0]}; cannot normalise")
         elif spec.method == "slerp":
-            resolve(spec, "t", None, names, ts, required=True)
+            t = resolve(spec, "t", None, names, ts, required=True)
+            if np.any((t < 0) | (t > 1)):  # past the ends slerp extrapolates beyond both models
+                bad = float(t[(t < 0) | (t > 1)][0])
+                raise SolarError(f"slerp t must be in [0, 1] (0: the base model, 1: the other), got {bad:g} "
+                                 f"for {names[0]}")
         else:
             for i in others:
                 resolve(spec, "weight", i, names, ts, required=True)
@@ -211,9 +215,10 @@ def merge(models: Sequence[model_lib.Transformer], method: str = "linear", *, we
           rescale: bool | None = None, seed: int = 0) -> model_lib.Transformer:
     """Merges models in memory; returns a new Transformer.
 
-    linear: weights (default equal, normalised). slerp: t (scalar, anchors, or mergekit
-    filter list) from models[0] to models[1]. task_arithmetic / ties / dare_ties /
-    dare_linear: base=..., weights (default 1 each), density (ties/dare).
+    linear: weights (default equal, normalised; negative ones allowed). slerp: t in [0, 1]
+    (scalar, anchors, or mergekit filter list) from models[0] to models[1].
+    task_arithmetic / ties / dare_ties / dare_linear: base=..., weights (default 1 each; a
+    negative one subtracts that task vector), density in (0, 1] (ties/dare).
     """
     models = list(models)
     base_index = None

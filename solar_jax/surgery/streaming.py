@@ -34,11 +34,16 @@ def write_streamed(output_dir: str, config: ModelConfig, dtype_name: str, side_d
     """Writes config.json, the tokenizer files of `side_dir` and the tensors of `specs`
     ((HF name, dtype, shape) in file order, each made by produce(name)) to `output_dir`."""
     bar = tqdm(total=len(specs), desc=desc, unit="tensor", disable=not progress)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
-        hf.write_config(tmp, config, dtype_name, side_dir)
-        hf.copy_side_files(side_dir, tmp)
-        hf.write_shards(tmp, specs, produce, hf.parse_size(max_shard_size), lambda _: bar.update())
-    bar.close()
+    try:
+        with atomic_output_dir(output_dir, overwrite) as tmp:
+            hf.write_config(tmp, config, dtype_name, side_dir)
+            hf.copy_side_files(side_dir, tmp)
+            hf.write_shards(tmp, specs, produce, hf.parse_size(max_shard_size), lambda _: bar.update())
+    except BaseException:
+        bar.leave = False  # a failure clears the bar: the error line stands alone
+        raise
+    finally:
+        bar.close()
     return Path(output_dir)
 
 

@@ -8,7 +8,10 @@ mid-write, a corrupted file) is reported and the previous one is used.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from solar_jax.errors import SolarError
+from solar_jax.errors import RunFailed, SolarError
+
 
 class _FrozenIteratorState:
     """What grain's checkpoint handler needs from an iterator: get_state() as JSON bytes."""
@@ -35,9 +39,12 @@ class Checkpointer:
         # gs:// (and other remote) paths go to orbax/tensorstore as they are; pathlib would
         # fold the double slash.
         self.directory = epath.Path(directory) if "://" in str(directory) else Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        # cleanup_tmp_directories: a save cut short (SIGKILL, a full disk) leaves a tmp step
+        # dir; the next start removes it instead of keeping it forever.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+        self._failed = False
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -50,7 +57,47 @@ class Checkpointer:
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator.get_state()))
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self._check_free_space(step, state)
+        with self._write_failures(step):
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def _check_free_space(self, step: int, state: Any) -> None:
+        """Refuses a save the local disk cannot hold, before orbax starts writing (a write
+        that runs out of space fails in many background threads at once). Remote paths
+        (gs://) are not checked."""
+        if "://" in str(self.directory):
+            return
+        needed = sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes")) // jax.process_count()
+        check_free_space(Path(self.directory), needed, f"the checkpoint of step {step}", self._finished_steps())
+
+    @contextlib.contextmanager
+    def _write_failures(self, step: int):
+        """A write that fails (a full disk, no permission; async writes fail at the next
+        save or at wait) becomes one RunFailed line naming the step and the last good
+        checkpoint; the half-written step dir is removed."""
+        try:
+            yield
+        except Exception as e:  # orbax/tensorstore raise many types for a failed write
+            self._failed = True
+            text = " ".join(str(e).split())
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
+            reason = re.search(r"([A-Za-z][A-Za-z ]+?) \[os_error_code", text)
+            self._remove_tmp_steps()
+            good = self._finished_steps()
+            raise RunFailed(
+                f"could not write the checkpoint of step {failed.group(1) if failed else step} to {self.directory}: "
+                f"{reason.group(1) if reason else text[:200]}; the last good checkpoint is "
+                f"{f'step {good[-1]}' if good else 'none'}") from e
+
+    def _finished_steps(self) -> list[int]:
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def _remove_tmp_steps(self) -> None:
+        if jax.process_index() != 0:
+            return
+        for p in self.directory.iterdir():
+            if ".orbax-checkpoint-tmp" in p.name:
+                shutil.rmtree(p, ignore_errors=True) if "://" not in str(p) else p.rmtree()
 
     def restore(self, abstract_state: Any, data_iterator: Any | None = None,
                 step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
@@ -88,11 +135,29 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._write_failures(self.latest_step() or 0):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the last write and closes; after a failed write it only closes (the
+        failure is already on its way up)."""
+        if self._failed:
+            with contextlib.suppress(Exception):
+                self.manager.close()
+            return
+        with self._write_failures(self.latest_step() or 0):
+            self.manager.wait_until_finished()
         self.manager.close()
+
+
+def check_free_space(directory: Path, needed: int, what: str, good_steps: list[int]) -> None:
+    """RunFailed when the file system of `directory` has less than `needed` bytes (+5%) free."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed * 1.05 > free:
+        raise RunFailed(f"not enough free disk for {what} in {directory}: it needs ~{needed / 2**30:.2f} GiB, "
+                        f"{free / 2**30:.2f} GiB are free; the last good checkpoint is "
+                        f"{f'step {good_steps[-1]}' if good_steps else 'none'}")
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

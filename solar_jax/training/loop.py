@@ -7,10 +7,12 @@ NaN guard) -> loss curve and export to an HF dir under the workdir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from solar_jax.errors import SolarError
+from solar_jax.errors import RunFailed, SolarError
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
 from solar_jax.training import data as data_lib
@@ -33,13 +35,13 @@ from solar_jax.training.checkpoint import Checkpointer
 from solar_jax.training.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
 from solar_jax.training.optim import learning_rate_schedule
 from solar_jax.training.run_config import check_seq_len, validate
-from solar_jax.training.runs import RUN_FILE, run_record
+from solar_jax.training.runs import RUN_FILE, read_run_record, run_record
 from solar_jax.training.state import ModelSource, StateLayout, initial_params, initial_state, resolve_model, state_layout
 from solar_jax.training.step import evaluate, make_eval_step, make_train_step, objective_for, reference_fn
 from solar_jax.weights import hf
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailed):
     """The loss became NaN or inf; the run stopped keeping its last good checkpoint."""
 
 
@@ -126,15 +128,17 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
                          f"{source.config.vocab_size}")
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
     memory = check_memory(c, source.config, devices)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_run_file(workdir, source, c)
+    record = _check_run_file(workdir, source, c)
     if verbose:
         _say("config:\n" + "\n".join(f"  {line}" for line in config_text(c).splitlines()))
         _say(model_summary(source.config, mesh))
         _say(memory.report())
     # Under the mesh, the model keeps activations batch-sharded (model.batch_sharded).
     with jax.set_mesh(mesh):
-        run = _set_up(c, workdir, source, tokenizer, mesh)
+        with _removed_on_failure(workdir):  # data, reference, compile: a failed start leaves nothing
+            run = _set_up(c, workdir, source, tokenizer, mesh)
+            if record is not None and jax.process_index() == 0:
+                (workdir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         result = _loop(c, run, source.config, len(devices))
         if result["status"] == "completed":
             result.update(_finish(c, run, workdir, source))
@@ -265,6 +269,9 @@ def _loop(c, run: _Run, config: ModelConfig, num_devices: int) -> dict[str, Any]
                 _say(f"SIGTERM: saved a checkpoint at step {step} in {run.checkpointer.directory}; exiting")
                 result["status"] = "preempted"
                 break
+    except BaseException:
+        bar.leave = False  # a failure clears the bar: the error line stands alone
+        raise
     finally:
         bar.close()
         preemption.restore()
@@ -327,13 +334,34 @@ def _eval_line(ev: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def _check_run_file(workdir: Path, source: ModelSource, c) -> None:
-    """workdir/run.json records the model; resuming with a different one is refused."""
+def _check_run_file(workdir: Path, source: ModelSource, c) -> dict[str, Any] | None:
+    """workdir/run.json records the model; resuming with a different one is refused.
+    Returns the record to write once the run has started (None: it is there already)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise SolarError(f"workdir {workdir} is a file, not a directory")
     record = run_record(source.config, source.model_dir, c)
-    path = workdir / RUN_FILE
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous.get("model_config") != record["model_config"]:
-            raise SolarError(f"{workdir} holds a run of a different model; use another workdir")
-    elif jax.process_index() == 0:
-        path.write_text(json.dumps(record, indent=2) + "\n")
+    if not (workdir / RUN_FILE).exists():
+        return record
+    previous = read_run_record(workdir)
+    if previous.get("model_config") != record["model_config"]:
+        raise SolarError(f"{workdir} holds a run of a different model; use another workdir")
+    return None
+
+
+@contextlib.contextmanager
+def _removed_on_failure(workdir: Path):
+    """Creates workdir; if the block fails, removes what it added at the top of workdir (an
+    empty checkpoints/, caches, metrics) and workdir itself if it was made here, so that
+    the next run to that workdir starts as if this one had not been tried."""
+    made = not workdir.exists()
+    before = set(workdir.iterdir()) if not made else set()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if jax.process_index() == 0:
+            for path in set(workdir.iterdir()) - before:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if made:
+                shutil.rmtree(workdir, ignore_errors=True)
+        raise

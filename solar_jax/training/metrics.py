@@ -47,6 +47,7 @@ class MetricsWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
+            _drop_torn_last_line(self.path)
             self._file = open(self.path, "a", buffering=1)
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
@@ -65,12 +66,27 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _drop_torn_last_line(path: Path) -> None:
+    """A process killed mid-write leaves a last line without its newline: cut it off, so the
+    resumed run's rows start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; a step logged twice (a resumed run) keeps its last value."""
+    """Rows of metrics.jsonl; a step logged twice (a resumed run) keeps its last value. A line
+    that does not parse (torn by a kill mid-write) is skipped: the file is a log."""
     rows: dict[int, dict[str, Any]] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
             row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows[row["step"]] = row
     return [rows[k] for k in sorted(rows)]
 

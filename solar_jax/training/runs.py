@@ -34,7 +34,15 @@ def run_record(model_config: ModelConfig, model_dir: str | None, c) -> dict[str,
 
 
 def read_run_record(workdir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(workdir) / RUN_FILE).read_text())
+    path = Path(workdir) / RUN_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SolarError(f"{path} is unreadable ({'empty' if not path.stat().st_size else e}): it records which "
+                         "model the run trains; restore it, or use another workdir") from None
+    if not isinstance(record, dict) or "model_config" not in record:
+        raise SolarError(f"{path} is not a solar_jax run record (no model_config); use another workdir")
+    return record
 
 
 def model_config_of(path: str | Path) -> ModelConfig:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from solar_jax.training.data import _read_options, batch_rows, expand_files, jsonl_rows
+from solar_jax.training.data import _read_options, batch_rows, expand_files, jsonl_rows, read_parquet, read_text
 from solar_jax.errors import SolarError
 from solar_jax.training import synth_math
 from solar_jax.training.data import split_eval
@@ -50,16 +50,14 @@ def read_rows(spec: str) -> list[tuple[str, dict]]:
             rows += list(jsonl_rows(path))
         elif suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(read_text(path))
             except json.JSONDecodeError as e:
                 raise SolarError(f"{path}: not valid JSON ({e})") from None
             if not isinstance(data, list):
                 raise SolarError(f"{path}: expected a JSON list of rows")
             rows += [(f"{path}[{i}]", r) for i, r in enumerate(data)]
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows += [(f"{path}[{i}]", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+            rows += [(f"{path}[{i}]", r) for i, r in enumerate(read_parquet(path).to_pylist())]
         else:
             raise SolarError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
     for where, row in rows:
@@ -158,10 +156,24 @@ class Counts:
     total: int = 0
     cut: int = 0  # the response lost its end to fit seq_len
     dropped: int = 0  # the prompt left no room for a response token
+    empty_prompts: int = 0  # rows whose prompt has no text (trained as unconditional responses)
 
     def report(self, what: str) -> str:
-        return (f"{what}: {self.total - self.dropped} of {self.total} examples used; {self.cut} cut "
+        text = (f"{what}: {self.total - self.dropped} of {self.total} examples used; {self.cut} cut "
                 f"(response truncated to fit seq_len), {self.dropped} dropped (prompt too long for seq_len)")
+        return text + (f"; {self.empty_prompts} with an empty prompt" if self.empty_prompts else "")
+
+
+def _count_empty_prompt(prompt: Prompt, counts: Counts) -> None:
+    if not any(m["content"].strip() for m in prompt.messages):
+        counts.empty_prompts += 1
+
+
+def _check_prompts(counts: Counts, rows: list[tuple[str, dict]]) -> None:
+    """Every prompt empty is a wrong field or a broken export, not data to train on."""
+    if rows and counts.empty_prompts == len(rows):
+        raise SolarError(f"every one of the {len(rows)} rows has an empty prompt (first: {rows[0][0]}); "
+                         "check the files' prompt fields")
 
 
 def encode_pair(prompt_text: str, response: str, template: str, tokenizer) -> tuple[list[int], list[int]]:
@@ -193,10 +205,12 @@ def sft_examples(rows: list[tuple[str, dict]], template: str, tokenizer, seq_len
     counts, out = Counts(), []
     for where, row in rows:
         prompt, response = parse_sft_row(row, where)
+        _count_empty_prompt(prompt, counts)
         seq = make_sequence(*encode_pair(render_prompt(prompt, template, tokenizer), response, template, tokenizer),
                             seq_len, counts)
         if seq is not None:
             out.append(seq)
+    _check_prompts(counts, rows)
     return out, counts
 
 
@@ -206,11 +220,13 @@ def dpo_examples(rows: list[tuple[str, dict]], template: str, tokenizer, seq_len
     counts, out = Counts(), []
     for where, row in rows:
         prompt, chosen, rejected = parse_dpo_row(row, where)
+        _count_empty_prompt(prompt, counts)
         text = render_prompt(prompt, template, tokenizer)
         c = make_sequence(*encode_pair(text, chosen, template, tokenizer), seq_len, counts)
         r = make_sequence(*encode_pair(text, rejected, template, tokenizer), seq_len, Counts())
         if c is not None and r is not None:
             out.append({**{f"chosen_{k}": v for k, v in c.items()}, **{f"rejected_{k}": v for k, v in r.items()}})
+    _check_prompts(counts, rows)
     return out, counts
 
 

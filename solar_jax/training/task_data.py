@@ -96,12 +96,19 @@ def _cached_reference(cache_dir: Path | None, name: str, examples: list[dict], r
     """Reference log-probs [N, 2], computed once per run dir and reused on resume."""
     path = cache_dir / f"dpo_reference_{name}.npy" if cache_dir else None
     if path is not None and path.exists():
-        cached = np.load(path)
-        if cached.shape == (len(examples), 2):
+        try:
+            cached = np.load(path, allow_pickle=False)  # never unpickle what sits in a run dir
+        except (ValueError, OSError, EOFError) as e:
+            print(f"warning: {path} is not a reference cache this run wrote ({' '.join(str(e).split())[:120]}); "
+                  "computing it again", flush=True)
+            cached = None
+        if cached is not None and cached.shape == (len(examples), 2) and cached.dtype == np.float32:
             return cached
     if reference is None:
         raise SolarError("precomputed DPO references need the reference model")
     logps = np.asarray(reference(examples), np.float32).reshape(len(examples), 2)
     if path is not None:
-        np.save(path, logps)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, logps)
+        tmp.replace(path)  # atomic: a kill mid-write leaves no torn cache
     return logps

@@ -1,10 +1,18 @@
-"""Atomic output directories: write into a temporary sibling, rename at the end."""
+"""Atomic output directories: write into a temporary sibling, rename at the end.
+
+The sibling is `.NAME.tmp-HOST-PID-XXXX`: a process killed mid-write (SIGKILL, a lost
+machine) leaves it behind, and the next write to the same output removes those of this
+host whose process is gone. The finished dir follows the umask like any file a user writes
+(mkdtemp alone would leave it 0700).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -24,19 +32,57 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_siblings(out: Path) -> list[Path]:
+    """Removes `.OUT.tmp-HOST-PID-*` and `.OUT.old-HOST-PID` left by dead processes of this
+    host (a live writer's, or another host's on a shared disk, are left alone)."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-{re.escape(_host())}-(\d+)(-.*)?$")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for sibling in out.parent.iterdir():
+        m = pattern.match(sibling.name)
+        if m and int(m.group(2)) != os.getpid() and not _alive(int(m.group(2))):
+            shutil.rmtree(sibling, ignore_errors=True)
+            removed.append(sibling)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling dir; on success it replaces `path`, on error it is removed."""
     out = check_output_dir(path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_siblings(out)
+    tag = f"{_host()}-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{tag}-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{tag}")
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)

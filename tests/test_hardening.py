@@ -1,0 +1,241 @@
+"""Bad input is one line, faults are survived, nothing is silently wrong: one test per class
+of case (the safetensors reader has its own differential fuzz in test_safetensors_fuzz.py)."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_command
+from solar_jax.errors import RunFailed, SolarError
+from solar_jax.models.config import ModelConfig
+from solar_jax.training import data as data_lib
+from solar_jax.training import sft_data, task_data
+from solar_jax.training.checkpoint import check_free_space
+from solar_jax.training.metrics import MetricsWriter, read_metrics
+from solar_jax.training.runs import read_run_record
+from solar_jax.weights.outdir import atomic_output_dir, remove_stale_siblings, _host
+
+TRAIN = ["solar_jax.train", "--config=configs/cpt.py:tiny", "--config.upscale_m=-1"]
+
+
+BAR = re.compile(r"^[\w ]+:\s+\d+%\|")  # a tqdm progress bar's line
+
+
+def _shown(stderr: str) -> list[str]:
+    """The lines stderr holds besides progress bars (a bar redrawn with \r keeps its last state)."""
+    return [shown for line in stderr.split("\n")
+            if (shown := line.split("\r")[-1].strip()) and not BAR.match(shown)]
+
+
+def _one_line(r, code=2):
+    lines = _shown(r.stderr)
+    assert r.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+# ---- bad input: one line, exit 2 ------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.pop("num_hidden_layers"), "config.json lacks num_hidden_layers"),
+    (lambda c: c.update(num_attention_heads=0), "num_attention_heads must be a positive integer, got 0"),
+    (lambda c: c.update(hidden_size="64"), "hidden_size must be a positive integer"),
+])
+def test_a_broken_config_json_is_one_line(tiny_hf, tmp_path, edit, match):
+    _, src = tiny_hf("llama_gqa")
+    broken = tmp_path / "model"
+    shutil.copytree(src, broken)
+    config = json.loads((broken / "config.json").read_text())
+    edit(config)
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SolarError, match=match):
+        ModelConfig.from_hf_config(config)
+    r = run_command("solar_jax.convert", f"--config.model_dir={broken}", f"--config.output_dir={tmp_path / 'out'}",
+                    timeout=120)
+    assert match in _one_line(r)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_data_files_name_themselves(tmp_path):
+    bad_text = tmp_path / "latin1.txt"
+    bad_text.write_bytes("caf\xe9 au lait\n\nmore text".encode("latin-1"))
+    with pytest.raises(SolarError, match=r"latin1.txt: not UTF-8 text \(byte 3"):
+        data_lib.read_documents([bad_text])
+    bad_jsonl = tmp_path / "rows.jsonl"
+    bad_jsonl.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(SolarError, match="rows.jsonl: not UTF-8 text"):
+        data_lib.read_documents([bad_jsonl])
+    fake = tmp_path / "data.parquet"
+    fake.write_text("this is not parquet")
+    with pytest.raises(SolarError, match="data.parquet: not a readable parquet file"):
+        data_lib.read_documents([fake])
+    with pytest.raises(SolarError, match="data.parquet: not a readable parquet file"):
+        sft_data.read_rows(str(fake))
+
+
+def test_a_workdir_that_is_a_file_and_an_unknown_variant_are_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.write_text("")
+    assert "is a file, not a directory" in _one_line(run_command(*TRAIN, f"--config.workdir={workdir}"))
+    line = _one_line(run_command("solar_jax.train", "--config=configs/cpt.py:huge"))
+    assert line == "error: bad flags or config: configs/cpt.py:huge: ValueError: unknown variant 'huge'; known: " \
+                   "default, tiny, solar"
+
+
+def test_merge_parameters_are_checked_against_their_meaning(tiny_hf, tmp_path):
+    _, a = tiny_hf("llama_gqa")
+    for t in ("1.5", "-0.3"):
+        r = run_command("solar_jax.merge", "--config.method=slerp", f"--config.model_dir={a},{a}", f"--config.t={t}",
+                        f"--config.output_dir={tmp_path / 'out'}", timeout=120)
+        assert "slerp t must be in [0, 1]" in _one_line(r)
+    assert not (tmp_path / "out").exists()
+    # Negative weights are meaningful for the task-vector methods (task negation).
+    base = tmp_path / "base"
+    shutil.copytree(a, base)
+    r = run_command("solar_jax.merge", "--config.method=task_arithmetic", f"--config.base={base}",
+                    f"--config.model_dir={a}", "--config.weights=-0.5", f"--config.output_dir={tmp_path / 'neg'}",
+                    timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_rows_whose_prompts_are_all_empty_are_refused_and_some_are_counted():
+    tok = data_lib.ByteTokenizer()
+    empty = [(f"f:{i}", {"prompt": " ", "completion": f"answer {i}"}) for i in range(3)]
+    with pytest.raises(SolarError, match="every one of the 3 rows has an empty prompt"):
+        sft_data.sft_examples(empty, "solar", tok, 64)
+    pairs = [(f"f:{i}", {"prompt": "", "chosen": "yes", "rejected": "no"}) for i in range(2)]
+    with pytest.raises(SolarError, match="every one of the 2 rows has an empty prompt"):
+        sft_data.dpo_examples(pairs, "solar", tok, 64)
+    mixed = empty[:1] + [("f:9", {"prompt": "Say hi.", "completion": "hi"})]
+    _, counts = sft_data.sft_examples(mixed, "solar", tok, 64)
+    assert counts.empty_prompts == 1 and "1 with an empty prompt" in counts.report("sft data")
+
+
+def test_a_planted_pickle_as_the_reference_cache_is_never_loaded(tmp_path):
+    np.save(tmp_path / "dpo_reference_train.npy", np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    calls = []
+
+    def reference(examples):
+        calls.append(len(examples))
+        return np.ones((len(examples), 2), np.float32)
+
+    logps = task_data._cached_reference(tmp_path, "train", [{}, {}], reference)
+    assert calls == [2] and logps.shape == (2, 2)  # recomputed, and the cache rewritten as plain floats
+    assert np.load(tmp_path / "dpo_reference_train.npy", allow_pickle=False).dtype == np.float32
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        from solar_jax import cli
+        def main(c):
+            raise KeyError("boom")
+        sys.argv = ["x", *sys.argv[1:]]
+        cli.run(main, "verify.py")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert _one_line(r, 1) == "error: KeyError: 'boom' (rerun with --debug for the traceback)"
+    r = subprocess.run([sys.executable, "-c", code, "--debug"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "KeyError: 'boom'" in r.stderr
+
+
+# ---- run state: resume, records, validation before writing ---------------------------------
+
+def test_a_failed_start_leaves_nothing_and_a_finished_run_says_so(tmp_path):
+    workdir = tmp_path / "run"
+    r = run_command(*TRAIN, f"--config.workdir={workdir}", f"--config.data.train_files={tmp_path / 'none.txt'}")
+    _one_line(r)
+    assert not workdir.exists()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    workdir.mkdir()
+    r = run_command(*TRAIN, f"--config.workdir={workdir}", f"--config.data.train_files={empty}")
+    assert "training data is empty" in _one_line(r)
+    assert list(workdir.iterdir()) == []  # no run.json, no empty checkpoints/: the next run is not blocked
+    flags = [f"--config.workdir={workdir}", "--config.num_steps=2", "--config.export.enabled=False"]
+    assert run_command(*TRAIN, *flags).returncode == 0
+    again = run_command(*TRAIN, *flags)
+    assert again.returncode == 0 and "already complete at step 2" in again.stdout, again.stderr
+
+
+def test_torn_metrics_lines_and_unreadable_run_records(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    writer = MetricsWriter(tmp_path)
+    writer.write(3, {"loss": 1.25})
+    writer.close()
+    assert path.read_text().splitlines()[-1] == '{"step": 3, "loss": 1.25}'
+    assert [r["loss"] for r in read_metrics(path)] == [2.0, 1.5, 1.25]
+    (tmp_path / "run.json").write_text("")
+    with pytest.raises(SolarError, match="run.json is unreadable \\(empty\\)"):
+        read_run_record(tmp_path)
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(SolarError, match="not a solar_jax run record"):
+        read_run_record(tmp_path)
+
+
+# ---- faults: full disks, dead writers, the umask ---------------------------------------------
+
+def _with_file_size_limit(kib: int, *command: str, timeout: int) -> subprocess.CompletedProcess:
+    """`python -m command` where no file may grow past `kib` KiB: writes past it fail with
+    EFBIG ("File too large"), as writes to a full disk fail with ENOSPC. (bash sets the
+    limit, and ignores SIGXFSZ for the child, so the test process never forks with jax loaded.)"""
+    script = f"trap '' XFSZ; ulimit -f {kib}; exec {shlex.join([sys.executable, '-m', *command])}"
+    return subprocess.run(["bash", "-c", script], cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(tiny_hf, tmp_path):
+    _, src = tiny_hf("llama_gqa")
+    r = _with_file_size_limit(20, "solar_jax.upscale", f"--config.model_dir={src}", "--config.m=1",
+                              f"--config.output_dir={tmp_path / 'up'}", timeout=120)
+    assert "File too large" in _one_line(r, 1)
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary sibling
+    # Training: the failed checkpoint's temporary dir is removed, the line names the last good one.
+    workdir = tmp_path / "run"
+    r = _with_file_size_limit(290, *TRAIN, f"--config.workdir={workdir}", "--config.num_steps=4",
+                              "--config.checkpoint_every=2", timeout=300)
+    last = _shown(r.stderr)[-1]
+    assert r.returncode == 1 and last.startswith("error: could not write the checkpoint of step 2"), r.stderr[-2000:]
+    assert "File too large; the last good checkpoint is none" in last
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_writing(tmp_path):
+    with pytest.raises(RunFailed, match=r"not enough free disk for the checkpoint of step 7 .* the last good "
+                                        r"checkpoint is step 5"):
+        check_free_space(tmp_path / "checkpoints", 10**18, "the checkpoint of step 7", [3, 5])
+    check_free_space(tmp_path / "checkpoints", 1024, "a small write", [])
+
+
+def test_stale_temporary_siblings_of_dead_writers_are_removed(tmp_path):
+    out = tmp_path / "model"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".model.tmp-{_host()}-{dead.pid}-abc"
+    live = tmp_path / f".model.tmp-{_host()}-{os.getppid()}-def"  # a live writer's: kept
+    other_host = tmp_path / f".model.tmp-otherhost-{dead.pid}-ghi"  # another host's, on a shared disk: kept
+    for d in (stale, live, other_host):
+        d.mkdir()
+        (d / "part.safetensors").write_bytes(b"x" * 100)
+    assert remove_stale_siblings(out) == [stale]
+    assert live.exists() and other_host.exists()
+
+
+def test_output_dirs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
