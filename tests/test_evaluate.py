@@ -2,7 +2,10 @@
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -153,3 +156,50 @@ def test_scoring_on_a_mesh_of_8_devices_equals_one_device(lm):
     pairs = [("Question: What colour is the sky?\nAnswer:", c) for c in (" blue", " green", " red")]
     np.testing.assert_allclose([x for x, _ in meshed.loglikelihood(pairs)], [x for x, _ in lm.loglikelihood(pairs)],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_importing_the_adapter_keeps_lm_evals_own_models():
+    import solar_jax.evaluation.lm_eval  # noqa: F401
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+
+    assert get_model("hf") is HFLM and get_model("solar_jax").__name__ == "SolarJaxLM"
+
+
+LOCAL_TASK = """task: solar_local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def test_lm_eval_command_is_lm_evals_cli_with_the_adapter(tmp_path, real_model_dir, lm):
+    # A task of lm-eval's own YAML kind, on local data (no hub): the documented command runs.
+    rows = [dict(question="Which planet is closest to the Sun?", choices=[" Mercury", " Jupiter"], answer=0),
+            dict(question="What colour is a clear daytime sky?", choices=[" green", " blue"], answer=1)]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "solar_local_mc.yaml").write_text(LOCAL_TASK.format(data=data))
+    env = dict(os.environ, XLA_FLAGS="", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
+               HF_HOME=str(tmp_path / "hf_home"))
+    r = subprocess.run([sys.executable, "-m", "solar_jax.lm_eval", "--model", "solar_jax", "--model_args",
+                        f"model_dir={real_model_dir}", "--batch_size", "2", "--tasks", "solar_local_mc", "--include_path",
+                        str(tmp_path / "tasks"), "--output_path", str(tmp_path / "results")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "solar_local_mc" in r.stdout and "acc" in r.stdout, r.stdout[-2000:]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("results*.json")]
+    # Its accuracy is the one the native engine's log-likelihoods give on the same prompts.
+    picks = [int(np.argmax([ll for ll, _ in lm.loglikelihood([(f"Question: {row['question']}\\nAnswer:", c)
+                                                            for c in row["choices"]])])) for row in rows]
+    expected = np.mean([p == row["answer"] for p, row in zip(picks, rows)])
+    assert results and results[0]["results"]["solar_local_mc"]["acc,none"] == pytest.approx(expected)

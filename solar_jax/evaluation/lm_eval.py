@@ -1,7 +1,8 @@
-"""lm-evaluation-harness adapter: `import solar_jax.lm_eval` registers the model `solar_jax`.
+"""lm-evaluation-harness adapter: importing this module registers the model `solar_jax`
+(lm-eval's built-in models stay available beside it).
 
-    lm_eval --model solar_jax --model_args model_dir=HF_DIR_OR_RUN_DIR,batch_size=8 --tasks arc_challenge
-    # in Python: import solar_jax.lm_eval; lm_eval.simple_evaluate(model="solar_jax", model_args=...)
+    python -m solar_jax.lm_eval --model solar_jax --model_args model_dir=HF_DIR_OR_RUN_DIR --batch_size 8 --tasks ...
+    # in Python: import solar_jax.evaluation.lm_eval; lm_eval.simple_evaluate(model="solar_jax", model_args=...)
 
 The three request kinds go to solar_jax.evaluation.lm.LanguageModel, which solar_jax.evaluate also
 uses, so both give the same numbers on the same requests. lm-eval is an optional extra
@@ -10,6 +11,9 @@ uses, so both give the same numbers on the same requests. lm-eval is an optional
 
 from __future__ import annotations
 
+# First: lm-eval fills its model registry with its own models only while the registry is
+# empty, so registering ours before they are in would hide "hf" and the rest.
+import lm_eval.models  # noqa: F401
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
