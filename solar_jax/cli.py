@@ -160,6 +160,7 @@ def run(main: Callable[[ml_collections.ConfigDict], None], config_file: str,
     if not debug:
         threading.excepthook = _one_line_thread_error
         sys.excepthook = _one_line_stray_error
+        sys.unraisablehook = _one_line_unraisable
         for name in ("absl", "asyncio"):
             pylogging.getLogger(name).addFilter(_without_traceback)
     try:
@@ -208,6 +209,12 @@ def _one_line_stray_error(exc_type, exc_value, tb) -> None:
     if message not in _STRAY_SEEN:
         _STRAY_SEEN.add(message)
         print(f"error (background): {message}", file=sys.stderr, flush=True)
+
+
+def _one_line_unraisable(args) -> None:
+    """Exceptions Python cannot raise anywhere (tensorstore's write callbacks into an event
+    loop orbax already closed after a failed write): one line each, repeats dropped."""
+    _one_line_stray_error(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def _one_line_thread_error(args) -> None:
