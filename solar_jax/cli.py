@@ -90,23 +90,20 @@ def _check_vocabulary(argv: Sequence[str], config: ml_collections.ConfigDict | N
 _PARSE_ERRORS = (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError)
 
 
-def _default_config(config_file: str, argv: Sequence[str]) -> ml_collections.ConfigDict | None:
+def _config_arg(config_file: str) -> str:
+    """The --config value given (the last one, PATH[:VARIANT]), else the command's default file."""
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
+    return given[-1] if given else f"configs/{config_file}"
+
+
+def _default_config(config_file: str) -> ml_collections.ConfigDict | None:
     """The command's default config file with the variant given in --config=PATH:VARIANT, or
     None where that variant does not load (the config flag then reports why)."""
-    variant = None
-    for arg in argv[1:]:
-        if arg.startswith("--config=") and ":" in arg:
-            variant = arg.split(":", 1)[1]
+    variant = _config_arg(config_file).partition(":")[2] or None
     try:
         return load_config(config_file, variant)
     except ValueError:
         return None
-
-
-def _config_arg(config_file: str) -> str:
-    """The --config value given (the last one), else the command's default file."""
-    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
-    return given[-1] if given else f"configs/{config_file}"
 
 
 def _parse(config_file: str, define: Callable[[], None] | None) -> ml_collections.ConfigDict:
@@ -118,7 +115,7 @@ def _parse(config_file: str, define: Callable[[], None] | None) -> ml_collection
     own = set(flags.FLAGS) - before | {"config", "help", "helpshort", "helpfull"}
     # The default config's keys name the right form when an old or bare flag is used
     # (before the config flag is defined: ml_collections applies overrides right then).
-    _check_vocabulary(sys.argv, _default_config(config_file, sys.argv), own)
+    _check_vocabulary(sys.argv, _default_config(config_file), own)
     config_flags.DEFINE_config_file("config", str(config_path(config_file)),
                                     "ml_collections config file[:variant]", lock_config=True)
     flags.FLAGS(sys.argv)

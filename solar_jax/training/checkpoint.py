@@ -96,8 +96,12 @@ class Checkpointer:
         if jax.process_index() != 0:
             return
         for p in self.directory.iterdir():
-            if ".orbax-checkpoint-tmp" in p.name:
-                shutil.rmtree(p, ignore_errors=True) if "://" not in str(p) else p.rmtree()
+            if ".orbax-checkpoint-tmp" not in p.name:
+                continue
+            if "://" in str(p):  # gs:// and other remote paths (epath)
+                p.rmtree()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
     def restore(self, abstract_state: Any, data_iterator: Any | None = None,
                 step: int | None = None) -> tuple[int, Any, dict[str, Any]]:

@@ -361,7 +361,10 @@ def _removed_on_failure(workdir: Path):
     except BaseException:
         if jax.process_index() == 0:
             for path in set(workdir.iterdir()) - before:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             if made:
                 shutil.rmtree(workdir, ignore_errors=True)
         raise
