@@ -35,6 +35,8 @@ def get_config(arg=None):
         c.batch_size = 4
         c.seq_len = 160
     if arg == "eval":
-        c.questions = 64  # 4 requests each (the true answer and three wrong ones)
+        c.questions = 64  # x 4 requests: each question's 4 choices, or 4x the questions once each
+        c.requests = "choices"  # choices (4 share a context) | distinct (nothing shared)
         c.batch_size = 16
+        c.pairs = 2  # back-to-back solar_jax / lm-eval pairs
     return c

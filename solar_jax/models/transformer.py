@@ -82,6 +82,17 @@ def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, j
     return jnp.sin(angles), jnp.cos(angles)
 
 
+def tree_attention_mask(items, reach, positions, sliding_window: int | None):
+    """Boolean [B, 1, T, T] for rows of items laid out depth-first (training/packing.py):
+    query q sees key k iff same item and k <= q <= reach[k] (k is q or an ancestor of q),
+    and inside the sliding window by position, as in each branch's own sequence."""
+    q, k = jnp.arange(items.shape[1])[:, None], jnp.arange(items.shape[1])[None, :]
+    mask = (items[:, :, None] == items[:, None, :]) & (k <= q) & (q <= reach[:, None, :])
+    if sliding_window is not None:
+        mask &= positions[:, None, :] > positions[:, :, None] - sliding_window
+    return mask[:, None, :, :]
+
+
 def attention_mask(q_segments, kv_segments, q_index, kv_index, sliding_window: int | None):
     """Boolean [B, 1, T, S]: same segment, causal by index, and inside the sliding window.
 
@@ -237,12 +248,28 @@ class Transformer(nnx.Module):
 
         Returns (logits [B, T, V], new cache or None, hidden states [L+1, B, T, D] or None).
         """
+        x, new_cache, hidden = self.trunk(tokens, positions, segment_ids, cache, return_hidden)
+        return self.unembed(x), new_cache, hidden
+
+    def unembed(self, x: jax.Array) -> jax.Array:
+        """Final hidden states [..., D] -> logits [..., V] (float32)."""
+        table = (self.embed if self.lm_head is None else self.lm_head).embedding[...]
+        return jnp.einsum("...D,VD->...V", x, table.astype(x.dtype), preferred_element_type=jnp.float32)
+
+    def trunk(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False, mask=None):
+        """Everything but the vocab projection: (final-normed states [B, T, D], new cache or
+        None, hidden states [L+1, B, T, D] or None). mask: a boolean [B, 1, T, T] attention
+        mask to use instead of the segment/causal/window one (dense kernels, no cache);
+        positions must then be given."""
         b, t = tokens.shape
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
         if positions is None:
             positions = segment_positions(segment_ids)
-        if cache is None and self.kernel == "splash":
+        if mask is not None:
+            if cache is not None or self.kernel == "splash":
+                raise SolarError("an explicit attention mask needs a dense kernel and no cache")
+        elif cache is None and self.kernel == "splash":
             mask = segment_ids  # the kernel builds causal/window blocks itself: no [T, T] mask
         elif cache is None:
             q_index = jnp.broadcast_to(jnp.arange(t), (b, t))
@@ -271,14 +298,12 @@ class Transformer(nnx.Module):
         x_in = x
         x, (new_kv, hidden) = jax.lax.scan(_remat(body, self.remat), x, (layer_state, layer_caches))
         x = self.final_norm(x)
-        table = (self.embed if self.lm_head is None else self.lm_head).embedding[...]
-        logits = jnp.einsum("BTD,VD->BTV", x, table.astype(x.dtype), preferred_element_type=jnp.float32)
         new_cache = None
         if cache is not None:
             new_cache = dict(k=new_kv[0], v=new_kv[1], segment_ids=kv_segments, index=cache["index"] + t)
         if return_hidden:
             hidden = jnp.concatenate([x_in[None], hidden], axis=0)
-        return logits, new_cache, hidden
+        return x, new_cache, hidden
 
     def init_cache(self, batch: int, max_len: int, dtype: str | None = None) -> dict[str, jax.Array]:
         """KV cache for decoding: k, v [L, B, S, K, H]; segment ids [B, S] (0 = empty)."""

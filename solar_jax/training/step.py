@@ -8,11 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from solar_jax.training import data as data_lib
 from solar_jax.training import sft_data, sharding
 from solar_jax.training.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
 from solar_jax.training.optim import global_norm
+from solar_jax.training.scoring import PackedScorer
 
 
 def objective_for(c, graphdef) -> Objective:
@@ -90,8 +92,24 @@ def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=
 
 def reference_fn(c, graphdef, params, mesh):
     """examples -> [N, 2] log-probs of chosen and rejected under `params` (the initial model):
-    DPO's precomputed reference."""
-    fn = jax.jit(reference_logps_fn(graphdef, average=c.dpo.loss_type == "ipo"))
+    DPO's precomputed reference (sums, or means over response tokens for IPO). With a dense
+    attention kernel the packed engine (scoring.py) computes them: chosen and rejected share
+    their prompt, which then runs once. Flash kernels (splash, cudnn) take segment ids, not
+    the engine's tree mask: they score the pairs as training lays them out."""
+    average = c.dpo.loss_type == "ipo"
+    model = nnx.merge(graphdef, params)
+    if model.kernel == "xla":
+        scorer = PackedScorer(model, c.batch_size, c.seq_len, mesh)
+
+        def reference(examples: list[Any]) -> np.ndarray:
+            pairs = [_prompt_and_response(ex, side) for ex in examples for side in ("chosen", "rejected")]
+            lps, _ = scorer.score(pairs)
+            sums = np.asarray([lp.mean() if average else lp.sum(dtype=np.float64) for lp in lps], np.float32)
+            return sums.reshape(len(examples), 2)
+
+        return reference
+
+    fn = jax.jit(reference_logps_fn(graphdef, average=average), out_shardings=sharding.replicated(mesh))
 
     def reference(examples: list[Any]) -> np.ndarray:
         out = []
@@ -102,3 +120,11 @@ def reference_fn(c, graphdef, params, mesh):
         return np.concatenate(out)[: len(examples)] if out else np.zeros((0, 2), np.float32)
 
     return reference
+
+
+def _prompt_and_response(example: dict, side: str) -> tuple[list[int], list[int]]:
+    """An example's sequence (make_sequence: inputs, targets, loss_mask on the response's
+    targets, one run to the end) -> (prompt ids, response ids) for the scorer."""
+    inputs, targets, mask = (np.asarray(example[f"{side}_{k}"]) for k in ("inputs", "targets", "loss_mask"))
+    first = int(np.argmax(mask > 0))  # target `first` is the response's first token
+    return inputs[:first + 1].tolist(), targets[first:].tolist()
