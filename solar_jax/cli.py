@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging as pylogging
 import os
 import sys
-import threading
 from typing import Callable, Sequence
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from solar_jax import host_malloc
+from solar_jax import background_errors, host_malloc
 from solar_jax.config_files import config_path, load_config
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.training import distributed
@@ -44,10 +43,12 @@ def apply_default_xla_flags() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, then exit (2: bad input). Library loggers are silenced from here
-    on: what background writers still report while the process winds down (asyncio's
-    "Task exception was never retrieved" for each failed write) is the same failure again."""
+    """One line on stderr, then exit (2: bad input). What libraries reported from background
+    threads before (held by background_errors) and while the process winds down (asyncio's
+    "Task exception was never retrieved" for each failed write) is the same failure again:
+    dropped, and library loggers silenced."""
     line = " ".join(str(message).split())
+    background_errors.drop()
     print(f"error: {line}", file=sys.stderr, flush=True)
     pylogging.disable(pylogging.CRITICAL)
     sys.exit(code)
@@ -155,11 +156,7 @@ def run(main: Callable[[ml_collections.ConfigDict], None], config_file: str,
     logging.set_verbosity(logging.WARNING)
     debug = flags.FLAGS.debug
     if not debug:
-        threading.excepthook = _one_line_thread_error
-        sys.excepthook = _one_line_stray_error
-        sys.unraisablehook = _one_line_unraisable
-        for name in ("absl", "asyncio"):
-            pylogging.getLogger(name).addFilter(_without_traceback)
+        background_errors.install(lambda e: describe_failure(e)[0])
     try:
         main(config)
     except SolarError as e:
@@ -185,43 +182,6 @@ def describe_failure(e: BaseException) -> tuple[str, int]:
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror or e}{where}", 2 if isinstance(e, _BAD_INPUT_OS_ERRORS) else 1
     return f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1
-
-
-def _without_traceback(record: pylogging.LogRecord) -> bool:
-    """Libraries' error logs (orbax logs each failed background write with its traceback)
-    keep their message, in one line, without the traceback; --debug keeps everything."""
-    if record.exc_info or record.exc_text:
-        record.exc_info, record.exc_text = None, None
-    record.msg, record.args = " ".join(record.getMessage().split()), None
-    return True
-
-
-_STRAY_SEEN: set[str] = set()
-
-
-def _one_line_stray_error(exc_type, exc_value, tb) -> None:
-    """Errors printed outside the main flow (C extensions calling back into Python after a
-    failure, e.g. tensorstore into a closed event loop): one line each, repeats dropped."""
-    message = " ".join(describe_failure(exc_value)[0].split())
-    if message not in _STRAY_SEEN:
-        _STRAY_SEEN.add(message)
-        print(f"error (background): {message}", file=sys.stderr, flush=True)
-
-
-def _one_line_unraisable(args) -> None:
-    """Exceptions Python cannot raise anywhere (tensorstore's write callbacks into an event
-    loop orbax already closed after a failed write): one line each, repeats dropped."""
-    _one_line_stray_error(args.exc_type, args.exc_value, args.exc_traceback)
-
-
-def _one_line_thread_error(args) -> None:
-    """Background threads (orbax's checkpoint writers) report a failure in one line each;
-    the main thread then fails on the same error at its edge. --debug keeps tracebacks."""
-    if args.exc_type is SystemExit:
-        return
-    message, _ = describe_failure(args.exc_value)
-    print(f"error in a background thread ({args.thread.name if args.thread else '?'}): {' '.join(message.split())}",
-          file=sys.stderr, flush=True)
 
 
 def define_distributed_flags() -> None:
