@@ -1,6 +1,8 @@
 """The packed scoring engine (training/packing.py): shared contexts and continuation
 prefixes must give exactly what scoring each request on its own gives."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,12 +40,20 @@ def _requests(seed):
 
 
 def _direct(model, context, continuation, max_len):
-    """Each request alone: one row, no padding, no sharing (the reference)."""
+    """Each request alone in its own row, padded on the right (a causal model's earlier
+    positions do not see the padding), no sharing: the reference."""
     seq = ((context or [0]) + continuation)[-(max_len + 1):]
     n = min(len(continuation), len(seq) - 1)
-    logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray([seq[:-1]]))[0], axis=-1))
+    row = np.zeros((1, max_len), np.int32)
+    row[0, :len(seq) - 1] = seq[:-1]
+    logp = np.asarray(_log_softmax_logits(nnx.split(model)[0], nnx.split(model)[1], jnp.asarray(row)))[0]
     rows = range(len(seq) - 1 - n, len(seq) - 1)
     return np.array([logp[t, seq[t + 1]] for t in rows]), np.array([np.argmax(logp[t]) == seq[t + 1] for t in rows])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_softmax_logits(graphdef, state, tokens):
+    return jax.nn.log_softmax(nnx.merge(graphdef, state)(tokens), axis=-1)
 
 
 @pytest.mark.parametrize("sliding_window", [None, 5])
