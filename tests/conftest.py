@@ -26,6 +26,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# The package's top-level modules that are commands (`python -m solar_jax.NAME`): all but the
+# commands' shared edge (cli and its helpers).
+COMMAND_MODULES = sorted(p.stem for p in (REPO / "solar_jax").glob("*.py") if p.stem not in (
+    "__init__", "errors", "config_files", "cli", "host_malloc", "background_errors"))
 
 # name -> (transformers config class name, kwargs): the shapes the parity tests cover.
 TINY = {

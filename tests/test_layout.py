@@ -9,13 +9,11 @@ import sys
 import pytest
 
 import solar_jax as sj
-from conftest import REPO, run_command
+from conftest import COMMAND_MODULES, REPO, run_command
 
 PACKAGE = REPO / "solar_jax"
 # Lowest first. A module may import its own layer and those below it.
 LAYERS = ["errors", "config_files", "models", "weights", "surgery", "training", "evaluation", "pipelines"]
-COMMAND_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py")
-                         if p.stem not in ("__init__", "errors", "config_files", "cli", "host_malloc", "background_errors"))
 # lm_eval is lm-eval's own command line (its flags, not a config: test_evaluate runs it).
 COMMANDS = [c for c in COMMAND_MODULES if c != "lm_eval"]
 
