@@ -9,7 +9,7 @@ from __future__ import annotations
 from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.surgery.streaming import upscale_hf
-from solar_jax.surgery.upscale import parse_slices, passthrough_params, solar_slices
+from solar_jax.surgery.upscale import output_scales, parse_slices, passthrough_params, solar_slices
 from solar_jax.training import runs
 from solar_jax.weights import hf
 from solar_jax.weights.outdir import check_output_dir
@@ -22,18 +22,20 @@ def main(c) -> None:
     if not c.output_dir:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
     check_output_dir(c.output_dir, c.overwrite)
+    output_scales([], c.init)  # an unknown init: one line before anything is read
     slices = parse_slices(c.slices) if c.slices else solar_slices(runs.model_config_of(models[0]).num_layers, c.m)
     if any(runs.is_run_dir(m) for m in models):  # training runs: up-scale their checkpoints in memory
         loaded = [runs.load_params_any(m) for m in models]
-        params, config = passthrough_params([p for p, _, _ in loaded], [cfg for _, cfg, _ in loaded], slices)
+        params, config = passthrough_params([p for p, _, _ in loaded], [cfg for _, cfg, _ in loaded], slices, c.init)
         out = hf.save_hf_params(params, config, c.output_dir, dtype=c.dtype or "float32",
                                 max_shard_size=c.max_shard_size, source_dir=loaded[slices[0].model][2],
                                 overwrite=c.overwrite)
     else:
         out = upscale_hf(models, slices, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size,
-                         overwrite=c.overwrite)
+                         overwrite=c.overwrite, init=c.init)
     layers = sum(s.end - s.start for s in slices)
-    print(f"wrote {out}: {layers} layers from slices {', '.join(f'{s.start}:{s.end}@{s.model}' for s in slices)}")
+    print(f"wrote {out}: {layers} layers from slices {', '.join(f'{s.start}:{s.end}@{s.model}' for s in slices)}, "
+          f"init {c.init}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def test_streaming_keeps_the_input_dtype_and_yaml_passthrough(tmp_path):
     (["--config.slices=0:3,2:5"], "out of range"),
     (["--config.slices=3:3"], "out of range"),
     (["--config.slices=0-3"], "cannot read slice"),
+    (["--config.init=zero"], "unknown init 'zero'; known: copy, identity, scaled"),
 ])
 def test_bad_up_scaling_input(base4, tmp_path, args, match):
     out = tmp_path / "out"
@@ -120,3 +121,54 @@ def test_parse_slices_and_api_errors(base4):
         sj.depth_up_scale(model, m=4)
     with pytest.raises(SolarError, match="exactly one"):
         sj.depth_up_scale(model)
+
+
+def test_identity_init_computes_the_base_models_function_on_the_real_model(real_model_dir):
+    # SmolLM2: n = 30. The repeated layers' second copies add nothing: logits equal the base's.
+    model = sj.load_hf(real_model_dir)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, model.config.vocab_size, (2, 24)), jnp.int32)
+    base = np.asarray(model(ids))
+    for m in (4, 8, 12):
+        deeper = sj.depth_up_scale(model, m=m, init="identity")
+        assert deeper.config.num_layers == 2 * (30 - m)
+        np.testing.assert_allclose(np.asarray(deeper(ids)), base, atol=1e-5, rtol=0)
+    assert not np.allclose(np.asarray(sj.depth_up_scale(model, m=8)(ids)), base, atol=1e-2)  # copy changes it
+
+
+def test_init_options_scale_only_the_repeated_layers_output_projections(base4, tmp_path):
+    ref_model, src = base4  # n = 4, m = 1: output layers 0 1 2 | 1 2 3; base layers 1 and 2 repeat
+    before = hf_tensors(src)
+    for init, factors in (("identity", [1, 1, 1, 0, 0, 1]), ("scaled", [1, 0.5, 0.5, 0.5, 0.5, 1]),
+                          ("copy", [1] * 6)):
+        out = tmp_path / init
+        r = run_command("solar_jax.upscale", f"--config.model_dir={src}", "--config.m=1", f"--config.init={init}",
+                        f"--config.output_dir={out}")
+        assert r.returncode == 0 and f"init {init}" in r.stdout, r.stderr
+        after = hf_tensors(out)
+        for i, (j, factor) in enumerate(zip([0, 1, 2, 1, 2, 3], factors)):
+            for suffix in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+                np.testing.assert_array_equal(after[f"model.layers.{i}.{suffix}"],
+                                              before[f"model.layers.{j}.{suffix}"] * np.float32(factor))
+            for suffix in ("self_attn.q_proj.weight", "mlp.up_proj.weight", "post_attention_layernorm.weight"):
+                np.testing.assert_array_equal(after[f"model.layers.{i}.{suffix}"], before[f"model.layers.{j}.{suffix}"])
+        # The in-memory path (the API, and training's upscale_m) writes the same tensors.
+        api = hf_tensors(sj.save_hf(sj.depth_up_scale(sj.load_hf(src), m=1, init=init), tmp_path / f"api-{init}"))
+        assert all(np.array_equal(api[k], after[k]) for k in after)
+    # transformers as the oracle: the identity-initialised dir computes the base's logits.
+    deeper = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "identity"), dtype=torch.float32).eval()
+    ids = torch.tensor(np.random.RandomState(1).randint(0, 128, (2, 9)))
+    with torch.no_grad():
+        np.testing.assert_allclose(deeper(ids).logits.numpy(), ref_model(ids).logits.numpy(), atol=1e-5, rtol=0)
+
+
+def test_training_up_scaled_on_the_fly_with_identity_starts_at_the_base_models_loss(tmp_path):
+    from solar_jax.training.metrics import read_metrics
+
+    def step0_loss(*args):
+        r = run_command("solar_jax.train", "--config=configs/cpt.py:tiny", f"--config.workdir={tmp_path / args[0]}",
+                        "--config.num_steps=1", *args[1:])
+        assert r.returncode == 0, r.stderr[-2000:]
+        return [x for x in read_metrics(tmp_path / args[0] / "metrics.jsonl") if x["step"] == 0][0]["eval_loss"]
+
+    base = step0_loss("base", "--config.upscale_m=-1")  # the 4-layer preset as it is
+    assert step0_loss("identity", "--config.upscale_init=identity") == pytest.approx(base, abs=1e-5)  # 6 layers

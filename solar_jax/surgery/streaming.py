@@ -16,7 +16,7 @@ from tqdm import tqdm
 from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig
 from solar_jax.surgery.merge import MergeSpec, check_same_configs, layer_t, merge_stacks, validate_spec
-from solar_jax.surgery.upscale import Slice, check_slices, layer_sources
+from solar_jax.surgery.upscale import OUTPUT_PROJECTIONS, Slice, check_slices, layer_sources, output_scales
 from solar_jax.weights import hf
 from solar_jax.weights.outdir import atomic_output_dir, check_output_dir
 
@@ -48,17 +48,22 @@ def write_streamed(output_dir: str, config: ModelConfig, dtype_name: str, side_d
 
 
 def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: str, *, dtype: str = "",
-               max_shard_size: str = "5GB", overwrite: bool = False, progress: bool = True) -> Path:
+               max_shard_size: str = "5GB", overwrite: bool = False, progress: bool = True,
+               init: str = "copy") -> Path:
     """Writes the up-scaled model; tensor bytes are copied as they are unless `dtype` asks
-    otherwise."""
+    otherwise, or `init` scales a repeated layer's output projections (surgery/upscale.py)."""
     check_output_dir(output_dir, overwrite)
     configs, sources = open_models(model_dirs)
     config = check_slices(slices, configs)
+    scales = output_scales(slices, init)
     tables = [{(k.param, k.layer): k for k in hf.key_table(c)} for c in configs]
     layer_from = layer_sources(slices)
     first, last = slices[0].model, slices[-1].model
     origin = {}  # output HF name -> (model index, source HF name)
+    scale_of = {}  # output HF name -> factor, for scaled output projections
     for key in hf.key_table(config):
+        if key.layer is not None and key.param in OUTPUT_PROJECTIONS and scales[key.layer] != 1.0:
+            scale_of[key.hf_name] = scales[key.layer]
         if key.layer is not None:
             model_index, layer = layer_from[key.layer]
         else:
@@ -75,6 +80,8 @@ def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: s
     def produce(out_name: str) -> np.ndarray:
         model_index, name = origin[out_name]
         array = sources[model_index][name].read(name)
+        if out_name in scale_of:  # in the tensor's own dtype (0 and 1/2 are exact in any)
+            array = (array * np.asarray(scale_of[out_name], array.dtype)).astype(array.dtype)
         return array if target is None else array.astype(target)
 
     return write_streamed(output_dir, config, dtype or source_dtype, model_dirs[first], specs, produce,

@@ -5,12 +5,24 @@ s = 2(n - m) layers: slices [0, n-m) and [m, n). Embeddings come from the first 
 model (the bottom copy), final norm and lm_head from the last slice's (the top copy), as in
 mergekit's passthrough.
 
+Initialisations of the layers that appear more than once (`init`; SOLAR's m = 8 of n = 32
+duplicates layers 8..23), applied to their output projections (attention o and MLP down,
+the only weights that write into the residual stream):
+  copy      SOLAR's duplicate: every copy as it is.
+  identity  every occurrence after the first gets o = down = 0, so it adds nothing to the
+            residual stream: with SOLAR's slices the up-scaled model computes exactly the
+            base model's function at step 0, and training can grow those layers (LLaMA Pro's
+            block expansion zeroes its new blocks the same way).
+  scaled    every occurrence of a layer that appears k times gets o and down times 1/k
+            (1/2 for SOLAR's slices), in all its copies.
+
 HF directories are up-scaled tensor by tensor in surgery/streaming.py; the command is
 `python -m solar_jax.upscale`.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from typing import Sequence
@@ -77,18 +89,45 @@ def layer_sources(slices: Sequence[Slice]) -> list[tuple[int, int]]:
     return [(s.model, j) for s in slices for j in range(s.start, s.end)]
 
 
+INITS = ("copy", "identity", "scaled")
+OUTPUT_PROJECTIONS = ("layers/attn/o", "layers/mlp/down")  # what writes into the residual stream
+
+
+def output_scales(slices: Sequence[Slice], init: str) -> list[float]:
+    """Output layer i -> the factor on its output projections under `init` (see the module
+    docstring); 1.0 for a layer that appears once."""
+    if init not in INITS:
+        raise SolarError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    sources = layer_sources(slices)
+    count, seen, scales = collections.Counter(sources), collections.Counter(), []
+    for source in sources:
+        seen[source] += 1
+        if init == "copy" or count[source] == 1:
+            scales.append(1.0)
+        elif init == "identity":
+            scales.append(1.0 if seen[source] == 1 else 0.0)
+        else:
+            scales.append(1.0 / count[source])
+    return scales
+
+
 # ---- on param trees ------------------------------------------------------------------------
 
 def passthrough_params(trees: Sequence[dict], configs: Sequence[ModelConfig],
-                       slices: Sequence[Slice]) -> tuple[dict, ModelConfig]:
-    """Concatenates layer slices on axis 0 of the stacked tree; returns (params, config)."""
+                       slices: Sequence[Slice], init: str = "copy") -> tuple[dict, ModelConfig]:
+    """Concatenates layer slices on axis 0 of the stacked tree; returns (params, config).
+    init: how repeated layers start (INITS)."""
     config = check_slices(slices, configs)
+    scales = output_scales(slices, init)
     flats = [model_lib.flat_params(t) for t in trees]
     bottom, top = flats[slices[0].model], flats[slices[-1].model]
     out = {}
     for path in hf.param_shapes(config):
         if path.startswith("layers/"):
             out[path] = jnp.concatenate([flats[s.model][path][s.start:s.end] for s in slices], axis=0)
+            if path in OUTPUT_PROJECTIONS and any(x != 1.0 for x in scales):
+                factor = jnp.asarray(scales, out[path].dtype).reshape((-1,) + (1,) * (out[path].ndim - 1))
+                out[path] = out[path] * factor
         elif path == "embed/embedding":
             out[path] = bottom[path]
         else:  # final_norm, lm_head
@@ -97,14 +136,15 @@ def passthrough_params(trees: Sequence[dict], configs: Sequence[ModelConfig],
 
 
 def depth_up_scale(model: model_lib.Transformer, m: int | None = None,
-                   slices: Sequence[Slice] | str | None = None) -> model_lib.Transformer:
-    """A new model with 2(n - m) layers (or the given slices of `model`)."""
+                   slices: Sequence[Slice] | str | None = None, init: str = "copy") -> model_lib.Transformer:
+    """A new model with 2(n - m) layers (or the given slices of `model`); init: how the
+    repeated layers start (copy, identity, scaled: see the module docstring)."""
     if (m is None) == (slices is None):
         raise SolarError("give exactly one of m or slices")
     if isinstance(slices, str):
         slices = parse_slices(slices)
     slices = solar_slices(model.config.num_layers, m) if slices is None else slices
-    params, config = passthrough_params([model_lib.param_dict(model)], [model.config], slices)
+    params, config = passthrough_params([model_lib.param_dict(model)], [model.config], slices, init)
     deeper = model_lib.model_from_params(config, params, **model.options)
     deeper.source_dir = model.source_dir
     return deeper

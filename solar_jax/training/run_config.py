@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # "" = the model dir's tokenizer; a dir; or "bytes" (tiny models)
     c.upscale_m = -1
     c.upscale_slices = ""
+    c.upscale_init = "copy"  # repeated layers: copy (SOLAR) | identity (start at the base's function) | scaled
     c.workdir = ""
     c.num_steps = 100
     c.batch_size = 8  # global, in sequences

@@ -33,6 +33,7 @@ class ModelSource:
     base_config: ModelConfig
     model_dir: str | None  # HF dir (weights, tokenizer files); None for a preset
     slices: list | None  # up-scaling slices, or None
+    init: str = "copy"  # how repeated layers start (surgery/upscale.py INITS)
 
 
 def resolve_model(c) -> ModelSource:
@@ -50,7 +51,8 @@ def resolve_model(c) -> ModelSource:
     elif c.upscale_m >= 0:
         slices = upscale_lib.solar_slices(base.num_layers, c.upscale_m)
     config = upscale_lib.check_slices(slices, [base]) if slices else base
-    return ModelSource(config, base, model_dir, slices)
+    upscale_lib.output_scales([], c.upscale_init)  # an unknown init: one line, before any work
+    return ModelSource(config, base, model_dir, slices, c.upscale_init)
 
 
 @dataclasses.dataclass
@@ -96,7 +98,7 @@ def initial_params(source: ModelSource, shardings: dict[str, Any], seed: int) ->
         params = hf.load_hf_params(source.model_dir, source.base_config,
                                    shardings=None if source.slices else shardings)
     if source.slices:
-        params, _ = upscale_lib.passthrough_params([params], [source.base_config], source.slices)
+        params, _ = upscale_lib.passthrough_params([params], [source.base_config], source.slices, source.init)
     flat = model_lib.flat_params(params)
     if jax.process_count() > 1:
         # Arrays on one local device cannot move onto other hosts' devices; the same host
