@@ -9,7 +9,7 @@ from __future__ import annotations
 from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.surgery.streaming import upscale_hf
-from solar_jax.surgery.upscale import output_scales, parse_slices, passthrough_params, solar_slices
+from solar_jax.surgery.upscale import check_init, parse_slices, passthrough_params, solar_slices
 from solar_jax.training import runs
 from solar_jax.weights import hf
 from solar_jax.weights.outdir import check_output_dir
@@ -22,7 +22,7 @@ def main(c) -> None:
     if not c.output_dir:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
     check_output_dir(c.output_dir, c.overwrite)
-    output_scales([], c.init)  # an unknown init: one line before anything is read
+    check_init(c.init)  # one line before anything is read
     slices = parse_slices(c.slices) if c.slices else solar_slices(runs.model_config_of(models[0]).num_layers, c.m)
     if any(runs.is_run_dir(m) for m in models):  # training runs: up-scale their checkpoints in memory
         loaded = [runs.load_params_any(m) for m in models]

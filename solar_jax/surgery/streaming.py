@@ -62,10 +62,10 @@ def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: s
     origin = {}  # output HF name -> (model index, source HF name)
     scale_of = {}  # output HF name -> factor, for scaled output projections
     for key in hf.key_table(config):
-        if key.layer is not None and key.param in OUTPUT_PROJECTIONS and scales[key.layer] != 1.0:
-            scale_of[key.hf_name] = scales[key.layer]
         if key.layer is not None:
             model_index, layer = layer_from[key.layer]
+            if key.param in OUTPUT_PROJECTIONS and scales[key.layer] != 1.0:
+                scale_of[key.hf_name] = scales[key.layer]
         else:
             model_index, layer = (first if key.param == "embed/embedding" else last), None
         origin[key.hf_name] = (model_index, tables[model_index][(key.param, layer)].hf_name)

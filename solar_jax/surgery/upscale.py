@@ -93,11 +93,15 @@ INITS = ("copy", "identity", "scaled")
 OUTPUT_PROJECTIONS = ("layers/attn/o", "layers/mlp/down")  # what writes into the residual stream
 
 
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise SolarError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+
+
 def output_scales(slices: Sequence[Slice], init: str) -> list[float]:
     """Output layer i -> the factor on its output projections under `init` (see the module
     docstring); 1.0 for a layer that appears once."""
-    if init not in INITS:
-        raise SolarError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    check_init(init)
     sources = layer_sources(slices)
     count, seen, scales = collections.Counter(sources), collections.Counter(), []
     for source in sources:

@@ -4,11 +4,13 @@ A scoring request is (context ids, continuation ids); its answer is log p of eac
 continuation token given everything before it. Requests with the same context (the
 choices of one multiple-choice question) become one *item*: the context, then the trie of
 the continuations' input tokens (each continuation but its last token, which is only a
-target), in depth-first order. Choices " #### 12" and " #### 15" share the " ####" node:
+target), in depth-first order. Choices " #### 12" (tokens #### 1 2) and " #### 5" (#### 5)
+have the inputs "#### 1" and "####": the trie #### -> 1, two nodes, the " ####" shared:
 
-    row:       c0 c1 c2 | ####  1  2 | ...next item...      (the trie: #### -> 1 -> 2
-    position:   0  1  2 |    3  4  5 |                                          -> 5)
-    reach:      5  5  5 |    5  5  5 |
+    row:       c0 c1 c2 | ####  1 | ...next item...
+    position:   0  1  2 |    3  4 |
+    reach:      4  4  4 |    4  4 |
+    scored:    "####" at c2 (once for both); "1" at ####, "2" at 1; "5" at ####
 
 In depth-first order a token's descendants are the columns right after it, up to its
 `reach` (the last column of its subtree), so one rule gives the attention mask: query q
@@ -18,7 +20,7 @@ position; `tree_attention_mask`). The context runs once, a shared prefix runs on
 RoPE positions are those of each virtual sequence (context + continuation).
 
 Items are packed first-fit into rows of one width, chosen for the whole request set
-(`choose_width`), so padding stays small and a request set compiles one or two shapes.
+(`_best_packing`), so padding stays small and a request set compiles one or two shapes.
 Every request is truncated as lm-evaluation-harness truncates it: the last max_len + 1
 tokens of context + continuation.
 """
@@ -68,7 +70,7 @@ class Item:
 
 def make_items(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_len: int) -> list[Item]:
     """(context, continuation) token requests -> items. The context must be non-empty (the
-    caller puts the EOS prefix in front of an empty one). Empty continuations score nothing
+    caller puts the prefix token in front of an empty one). Empty continuations score nothing
     and get no item. Requests with equal (truncated) contexts share an item while it fits in
     max_len columns."""
     by_context: dict[tuple[int, ...], Item] = {}
@@ -102,18 +104,26 @@ class Batch:
 
 
 def _pack_rows(items: list[Item], width: int) -> list[list[Item]]:
-    """First-fit decreasing into rows of `width` columns."""
+    """First-fit decreasing into rows of `width` columns. A row with less room than the
+    shortest item can take nothing more: it leaves the scan (same rows, and a request set of
+    thousands of questions is no longer scanned items x rows)."""
     rows: list[list[Item]] = []
     free: list[int] = []
+    open_rows: list[int] = []  # rows that may still take an item, in first-fit order
+    shortest = min((it.length for it in items), default=0)
     for item in sorted(items, key=lambda it: -it.length):
-        for r, room in enumerate(free):
-            if item.length <= room:
-                rows[r].append(item)
-                free[r] -= item.length
+        for r in open_rows:
+            if item.length <= free[r]:
                 break
         else:
-            rows.append([item])
-            free.append(width - item.length)
+            r = len(rows)
+            rows.append([])
+            free.append(width)
+            open_rows.append(r)
+        rows[r].append(item)
+        free[r] -= item.length
+        if free[r] < shortest:
+            open_rows.remove(r)
     return rows
 
 
@@ -152,34 +162,34 @@ def _fill_row(b: Batch, r: int, row: list[Item]) -> None:
         col = end + 1
 
 
-def choose_width(items: list[Item], rows_per_batch: int, max_len: int) -> int:
+def _best_packing(items: list[Item], rows_per_batch: int, max_len: int) -> tuple[int, list[list[Item]]]:
     """The row width (a multiple of 16, at least the longest item) that minimises the
-    estimated cost of the whole request set: batches x rows x width x (1 + width / 475).
-    The last factor is attention, whose cost per token grows with the row width (fitted on
-    SmolLM2-135M, float32, 2 CPU cores: 2.8 ms/token at width 64, 3.8 at 256). Wider rows
-    pack more items and waste less on padding; narrower rows attend over less."""
+    estimated cost of the whole request set, and its rows: cost = batches x rows x width x
+    (1 + width / 475). The last factor is attention, whose cost per token grows with the row
+    width (fitted on SmolLM2-135M, float32, 2 CPU cores: 2.8 ms/token at width 64, 3.8 at
+    256). Wider rows pack more items and waste less on padding; narrower rows attend over less."""
     longest = -(-max(it.length for it in items) // 16) * 16
     candidates = sorted({min(max_len, -(-int(longest * f) // 16) * 16) for f in (1, 1.25, 1.5, 2, 3, 4, 6, 8)})
 
-    def cost(width: int) -> float:
-        batches_needed = -(-len(_pack_rows(items, width)) // rows_per_batch)
-        return batches_needed * rows_per_batch * width * (1 + width / 475)
+    def cost(packing: tuple[int, list[list[Item]]]) -> float:
+        width, rows = packing
+        return -(-len(rows) // rows_per_batch) * rows_per_batch * width * (1 + width / 475)
 
-    return min(candidates, key=cost)
+    return min(((w, _pack_rows(items, w)) for w in candidates), key=cost)
 
 
 def batches(items: list[Item], rows_per_batch: int, max_len: int, width: int | None = None) -> Iterator[Batch]:
-    """Packs items into batches of rows_per_batch rows of one width (choose_width's unless
+    """Packs items into batches of rows_per_batch rows of one width (_best_packing's unless
     given)."""
     if not items:
         return
-    width = width or choose_width(items, rows_per_batch, max_len)
-    rows = _pack_rows(items, width)
-    rows.sort(key=lambda row: -sum(it.scored for it in row))  # similar pair counts share a batch
+    width, rows = (width, _pack_rows(items, width)) if width else _best_packing(items, rows_per_batch, max_len)
+    scored = {id(row): sum(it.scored for it in row) for row in rows}
+    rows.sort(key=lambda row: -scored[id(row)])  # similar pair counts share a batch
     for start in range(0, len(rows), rows_per_batch):
         chunk = rows[start:start + rows_per_batch]
-        scored = bucket(max(sum(it.scored for it in row) for row in chunk), 1 << 30, smallest=8)
-        shape, pair_shape = (rows_per_batch, width), (rows_per_batch, scored)
+        pairs = bucket(max(scored[id(row)] for row in chunk), 1 << 30, smallest=8)
+        shape, pair_shape = (rows_per_batch, width), (rows_per_batch, pairs)
         # Padding: item 0, reach the last column, so it attends earlier padding (no empty row).
         b = Batch(*(np.zeros(shape, np.int32) for _ in range(3)), np.full(shape, width - 1, np.int32),
                   np.zeros(pair_shape, np.int32), np.zeros(pair_shape, np.int32))

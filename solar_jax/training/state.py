@@ -51,7 +51,7 @@ def resolve_model(c) -> ModelSource:
     elif c.upscale_m >= 0:
         slices = upscale_lib.solar_slices(base.num_layers, c.upscale_m)
     config = upscale_lib.check_slices(slices, [base]) if slices else base
-    upscale_lib.output_scales([], c.upscale_init)  # an unknown init: one line, before any work
+    upscale_lib.check_init(c.upscale_init)  # one line, before any work
     return ModelSource(config, base, model_dir, slices, c.upscale_init)
 
 
