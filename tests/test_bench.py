@@ -18,6 +18,9 @@ def test_bench_refuses_an_unknown_key_and_an_unknown_model_in_one_line():
     r = run_command("solar_jax.bench", "--config=configs/bench.py:train", "--config.model=big", timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == ("error: unknown model 'big' for the train benchmark; "
                                                       "known: smollm2-44, tiny, all"), r.stderr
+    r = run_command("solar_jax.bench", "--config=configs/bench.py:eval", "--config.requests=mixed", timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == ("error: unknown request kind 'mixed' for the eval benchmark; "
+                                                      "known: choices, distinct"), r.stderr
 
 
 def test_convert_benchmark_runs_both_sides_and_prints_the_ratio(tiny_hf):
