@@ -5,6 +5,7 @@
   # other seams: --config.slices=0:24,8:32   (end exclusive)
   # from several models: --config.model_dir=A,B --config.slices=0:16@0,8:32@1   (start:end@k takes model k)
   # plain duplication (2n layers):  --config.m=0
+  # LLaMA Pro (P identity blocks interleaved):  --config.slices=expand:14 --config.init=identity
   # start exactly at the base model's function:  --config.init=identity   (or scaled; see surgery/upscale.py)
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.surgery.streaming import upscale_hf
-from solar_jax.surgery.upscale import check_init, parse_slices, passthrough_params, solar_slices
+from solar_jax.surgery.upscale import check_init, passthrough_params, resolve_slices, solar_slices
 from solar_jax.training import runs
 from solar_jax.weights import hf
 from solar_jax.weights.outdir import check_output_dir
@@ -23,7 +23,8 @@ def main(c) -> None:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
     check_output_dir(c.output_dir, c.overwrite)
     check_init(c.init)  # one line before anything is read
-    slices = parse_slices(c.slices) if c.slices else solar_slices(runs.model_config_of(models[0]).num_layers, c.m)
+    n = runs.model_config_of(models[0]).num_layers
+    slices = resolve_slices(c.slices, n) if c.slices else solar_slices(n, c.m)
     if any(runs.is_run_dir(m) for m in models):  # training runs: up-scale their checkpoints in memory
         loaded = [runs.load_params_any(m) for m in models]
         params, config = passthrough_params([p for p, _, _ in loaded], [cfg for _, cfg, _ in loaded], slices, c.init)

@@ -172,3 +172,65 @@ def test_training_up_scaled_on_the_fly_with_identity_starts_at_the_base_models_l
 
     base = step0_loss("base", "--config.upscale_m=-1")  # the 4-layer preset as it is
     assert step0_loss("identity", "--config.upscale_init=identity") == pytest.approx(base, abs=1e-5)  # 6 layers
+
+
+def test_llama_pro_expansion_as_slices():
+    from solar_jax.surgery.upscale import llama_pro_slices, repeated_layers, resolve_slices
+
+    four = llama_pro_slices(4, 2)  # groups 0:2 and 2:4, each followed by a copy of its last layer
+    assert four == [Slice(0, 2), Slice(1, 2), Slice(2, 4), Slice(3, 4)]
+    assert repeated_layers(four) == [False, False, True, False, False, True]
+    smol = resolve_slices("expand:14", 30)  # SOLAR m = 8's depth: 44 layers
+    assert sum(s.end - s.start for s in smol) == 44 and sum(repeated_layers(smol)) == 14
+    assert resolve_slices("0:3,1:4", 4) == parse_slices("0:3,1:4")
+    assert repeated_layers(parse_slices("0:3,1:4")) == [False, False, False, True, True, False]
+    for bad, message in (("expand:0", "1 <= blocks <= n"), ("expand:5", "1 <= blocks <= n"),
+                         ("expand:two", "expected expand:P")):
+        with pytest.raises(SolarError, match=message):
+            resolve_slices(bad, 4)
+
+
+def test_llama_pro_with_identity_blocks_computes_the_base_models_function(real_model_dir):
+    model = sj.load_hf(real_model_dir)
+    ids = jnp.asarray(np.random.RandomState(2).randint(0, model.config.vocab_size, (2, 16)), jnp.int32)
+    expanded = sj.depth_up_scale(model, slices="expand:14", init="identity")
+    assert expanded.config.num_layers == 44
+    np.testing.assert_allclose(np.asarray(expanded(ids)), np.asarray(model(ids)), atol=1e-5, rtol=0)
+
+
+def test_training_only_the_new_layers_leaves_everything_else_as_loaded(tmp_path):
+    import jax
+
+    from solar_jax.models import transformer as model_lib
+    from solar_jax.training import runs, sharding
+    from solar_jax.training.loop import train_and_evaluate
+    from solar_jax.training.state import initial_params, resolve_model, state_layout
+    from tests.conftest import load_config, override
+
+    c = load_config("cpt.py", "tiny")  # the 4-layer preset; expand:2 -> 6 layers, 2 and 5 new
+    override(c, num_steps=2, upscale_m=-1, upscale_slices="expand:2", upscale_init="identity",
+             upscale_train="new", learning_rate=1e-2, weight_decay=0.1, checkpoint_every=2)
+    train_and_evaluate(c, tmp_path / "run", devices=jax.devices()[:1], verbose=False)
+    after = model_lib.flat_params(runs.load_params_any(str(tmp_path / "run"))[0])
+    source = resolve_model(c)
+    mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
+    layout = state_layout(c, source.config, mesh)
+    before = model_lib.flat_params(initial_params(source, layout.flat_param_shardings, c.seed))
+    new = [2, 5]
+    for path, value in before.items():
+        value, trained = np.asarray(value), np.asarray(after[path])
+        if not path.startswith("layers/"):
+            np.testing.assert_array_equal(trained, value, err_msg=path)
+            continue
+        old = [i for i in range(6) if i not in new]
+        np.testing.assert_array_equal(trained[old], value[old], err_msg=path)
+        assert not np.array_equal(trained[new], value[new]), path
+
+
+def test_training_only_the_new_layers_needs_repeated_layers():
+    r = run_command("solar_jax.train", "--config=configs/cpt.py:tiny", "--config.workdir=/tmp/never-made",
+                    "--config.upscale_m=-1", "--config.upscale_train=new")
+    assert r.returncode == 2 and r.stderr.startswith("error: upscale_train=new trains only the repeated layers")
+    r = run_command("solar_jax.train", "--config=configs/cpt.py:tiny", "--config.workdir=/tmp/never-made",
+                    "--config.upscale_train=some")
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown upscale_train 'some'; known: all, new"

@@ -16,6 +16,8 @@ the only weights that write into the residual stream):
   scaled    every occurrence of a layer that appears k times gets o and down times 1/k
             (1/2 for SOLAR's slices), in all its copies.
 
+LLaMA Pro's block expansion is the slices `expand:P` (llama_pro_slices) with init=identity.
+
 HF directories are up-scaled tensor by tensor in surgery/streaming.py; the command is
 `python -m solar_jax.upscale`.
 """
@@ -48,6 +50,31 @@ def solar_slices(n: int, m: int) -> list[Slice]:
     if not 0 <= m < n:
         raise SolarError(f"m must satisfy 0 <= m < n (n = {n} layers), got m = {m}")
     return [Slice(0, n - m), Slice(m, n)]
+
+
+def llama_pro_slices(n: int, blocks: int) -> list[Slice]:
+    """LLaMA Pro's block expansion as slices: the n layers in `blocks` groups of near-equal
+    size (group g ends at layer (g + 1) n // blocks), each followed by a second occurrence
+    of its last layer; n + blocks layers. With init=identity those copies start as
+    identities, which is LLaMA Pro's zero-initialised new block."""
+    if not 1 <= blocks <= n:
+        raise SolarError(f"expand:{blocks} needs 1 <= blocks <= n (n = {n} layers)")
+    slices, start = [], 0
+    for g in range(blocks):
+        end = (g + 1) * n // blocks
+        slices += [Slice(start, end), Slice(end - 1, end)]
+        start = end
+    return slices
+
+
+def resolve_slices(text: str, n: int) -> list[Slice]:
+    """'0:24,8:32' (parse_slices) or 'expand:P' (LLaMA Pro: P blocks interleaved into n layers)."""
+    match = re.fullmatch(r"\s*expand:(\d+)\s*", text)
+    if match:
+        return llama_pro_slices(n, int(match.group(1)))
+    if text.strip().startswith("expand"):
+        raise SolarError(f"cannot read {text!r}; expected expand:P (P new blocks, LLaMA Pro)")
+    return parse_slices(text)
 
 
 def parse_slices(text: str) -> list[Slice]:
@@ -87,6 +114,17 @@ def check_slices(slices: Sequence[Slice], configs: Sequence[ModelConfig]) -> Mod
 def layer_sources(slices: Sequence[Slice]) -> list[tuple[int, int]]:
     """Output layer i -> (model index, source layer)."""
     return [(s.model, j) for s in slices for j in range(s.start, s.end)]
+
+
+def repeated_layers(slices: Sequence[Slice]) -> list[bool]:
+    """Output layer i -> whether its source layer appeared before it (the new layers: what
+    `identity` zeroes and training's upscale_train=new trains)."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for source in layer_sources(slices):
+        out.append(source in seen)
+        seen.add(source)
+    return out
 
 
 INITS = ("copy", "identity", "scaled")
@@ -146,7 +184,7 @@ def depth_up_scale(model: model_lib.Transformer, m: int | None = None,
     if (m is None) == (slices is None):
         raise SolarError("give exactly one of m or slices")
     if isinstance(slices, str):
-        slices = parse_slices(slices)
+        slices = resolve_slices(slices, model.config.num_layers)
     slices = solar_slices(model.config.num_layers, m) if slices is None else slices
     params, config = passthrough_params([model_lib.param_dict(model)], [model.config], slices, init)
     deeper = model_lib.model_from_params(config, params, **model.options)

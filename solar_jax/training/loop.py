@@ -36,7 +36,8 @@ from solar_jax.training.metrics import MetricsWriter, device_peak_flops, plot_lo
 from solar_jax.training.optim import learning_rate_schedule
 from solar_jax.training.run_config import check_seq_len, validate
 from solar_jax.training.runs import RUN_FILE, read_run_record, run_record
-from solar_jax.training.state import ModelSource, StateLayout, initial_params, initial_state, resolve_model, state_layout
+from solar_jax.training.state import (ModelSource, StateLayout, initial_params, initial_state, resolve_model,
+                                      state_layout, trainable_mask)
 from solar_jax.training.step import evaluate, make_eval_step, make_train_step, objective_for, reference_fn
 from solar_jax.weights import hf
 
@@ -186,12 +187,12 @@ def _set_up(c, workdir: Path, source: ModelSource, tokenizer, mesh) -> _Run:
     else:
         start_step, state = 0, initial_state(layout, initial, c.seed, mesh)
     del initial
-    run_step, run_eval = _compile(c, graphdef, layout, objective, data, mesh, ref_params)
+    run_step, run_eval = _compile(c, graphdef, layout, objective, data, mesh, ref_params, trainable_mask(source))
     meta = dict(model_dir=source.model_dir, seq_len=c.seq_len, task=c.task)
     return _Run(mesh, ckpt, data, train_iter, state, start_step, run_step, run_eval, MetricsWriter(workdir), meta)
 
 
-def _compile(c, graphdef, layout: StateLayout, objective, data, mesh, ref_params):
+def _compile(c, graphdef, layout: StateLayout, objective, data, mesh, ref_params, trainable=None):
     """The train step, compiled ahead of the loop for the batch's shapes and shardings (its
     time is reported), and the eval function; both take the frozen reference when DPO has one."""
     replicated = sharding.replicated(mesh)
@@ -203,7 +204,7 @@ def _compile(c, graphdef, layout: StateLayout, objective, data, mesh, ref_params
     ref_args = () if ref_params is None else (ref_params,)
     ref_abstract = () if ref_params is None else (layout.abstract["params"],)
     start = time.perf_counter()
-    train_step = make_train_step(graphdef, layout.optimizer, c.grad_accum_steps, objective)
+    train_step = make_train_step(graphdef, layout.optimizer, c.grad_accum_steps, objective, trainable)
     step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, *ref_sh), out_shardings=(state_sh, replicated),
                       donate_argnums=0).lower(layout.abstract, batch_structs, *ref_abstract).compile()
     eval_fn = jax.jit(make_eval_step(graphdef, objective), in_shardings=(param_sh, batch_sh, *ref_sh),

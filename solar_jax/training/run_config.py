@@ -32,13 +32,15 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     # The model: an HF dir (empty: the real model SmolLM2-135M-Instruct, fetched on first
     # use), or a preset of random weights (model_preset, e.g. "tiny"), optionally
-    # up-scaled on the fly (upscale_m >= 0: s = 2(n - m) layers; or upscale_slices).
+    # up-scaled on the fly (upscale_m >= 0: s = 2(n - m) layers; or upscale_slices,
+    # e.g. 0:24,8:32 or expand:P for LLaMA Pro's P interleaved blocks).
     c.model_dir = ""
     c.model_preset = ""
     c.tokenizer = ""  # "" = the model dir's tokenizer; a dir; or "bytes" (tiny models)
     c.upscale_m = -1
     c.upscale_slices = ""
     c.upscale_init = "copy"  # repeated layers: copy (SOLAR) | identity (start at the base's function) | scaled
+    c.upscale_train = "all"  # all | new: only the repeated layers learn, the rest frozen (LLaMA Pro)
     c.workdir = ""
     c.num_steps = 100
     c.batch_size = 8  # global, in sequences

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from solar_jax.errors import SolarError
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig, preset
 from solar_jax.surgery import upscale as upscale_lib
@@ -34,6 +35,7 @@ class ModelSource:
     model_dir: str | None  # HF dir (weights, tokenizer files); None for a preset
     slices: list | None  # up-scaling slices, or None
     init: str = "copy"  # how repeated layers start (surgery/upscale.py INITS)
+    train: str = "all"  # all | new: only the repeated layers learn (LLaMA Pro); the rest is frozen
 
 
 def resolve_model(c) -> ModelSource:
@@ -47,12 +49,33 @@ def resolve_model(c) -> ModelSource:
         base = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
     slices = None
     if c.upscale_slices:
-        slices = upscale_lib.parse_slices(c.upscale_slices)
+        slices = upscale_lib.resolve_slices(c.upscale_slices, base.num_layers)
     elif c.upscale_m >= 0:
         slices = upscale_lib.solar_slices(base.num_layers, c.upscale_m)
     config = upscale_lib.check_slices(slices, [base]) if slices else base
     upscale_lib.check_init(c.upscale_init)  # one line, before any work
-    return ModelSource(config, base, model_dir, slices, c.upscale_init)
+    if c.upscale_train not in UPSCALE_TRAIN:
+        raise SolarError(f"unknown upscale_train {c.upscale_train!r}; known: {', '.join(UPSCALE_TRAIN)}")
+    if c.upscale_train == "new" and not (slices and any(upscale_lib.repeated_layers(slices))):
+        raise SolarError("upscale_train=new trains only the repeated layers of an up-scaling: set upscale_m "
+                         "or upscale_slices (e.g. expand:4) so that some layer repeats")
+    return ModelSource(config, base, model_dir, slices, c.upscale_init, c.upscale_train)
+
+
+UPSCALE_TRAIN = ("all", "new")
+
+
+def trainable_mask(source: ModelSource) -> dict | None:
+    """None when everything trains; else a tree like the params of multipliers on their
+    gradients and updates: 1 for the repeated layers' tensors ([L, 1, ...] on the stacked
+    axis), 0 elsewhere (embeddings, norms, head and the original layers stay as loaded)."""
+    if source.train == "all":
+        return None
+    new = np.asarray(upscale_lib.repeated_layers(source.slices), np.float32)
+    mask = {}
+    for path, shape in hf.param_shapes(source.config).items():
+        mask[path] = new.reshape((-1,) + (1,) * (len(shape) - 1)) if path.startswith("layers/") else np.float32(0)
+    return model_lib.unflatten_params(mask)
 
 
 @dataclasses.dataclass

@@ -25,8 +25,12 @@ def objective_for(c, graphdef) -> Objective:
     return cross_entropy_objective(graphdef)
 
 
-def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None):
+def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None, trainable: dict | None = None):
     """(state, batch[, reference params]) -> (state, metrics).
+
+    trainable (state.trainable_mask): multipliers on the gradients (so clipping sees only
+    what trains) and on the updates (so weight decay leaves frozen tensors alone); None
+    trains everything.
 
     The loss is the objective's sum over the whole global batch divided by its denominator
     (tokens for cross-entropy, pairs for DPO); with accum > 1 the batch is split into accum
@@ -57,7 +61,11 @@ def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None
             zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(grad_fn, params, first))
             zeros = (zeros[1], zeros[0][0], zeros[0][1])
             (grads, loss, metrics), _ = jax.lax.scan(body, zeros, mbs)
+        if trainable is not None:
+            grads = jax.tree.map(lambda g, m: g * m, grads, trainable)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
+        if trainable is not None:
+            updates = jax.tree.map(lambda u, m: u * m, updates, trainable)
         new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
                          opt_state=opt_state, rng=state["rng"])
         return new_state, dict(loss=loss, grad_norm=global_norm(grads), **metrics)
