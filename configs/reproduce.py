@@ -4,8 +4,11 @@
       --config.output_dir=runs/reproduce
 
 recovery + seam: continued pretraining of SmolLM2-135M (n = 30) up-scaled with each m in
-seam_m (8: SOLAR's, drop the 2m middle layers; 0: plain duplication, 2n layers), same steps,
-batch and data; held-out loss every eval_every steps against the base model's.
+seam_m (8: SOLAR's, drop the 2m middle layers; 0: plain duplication, 2n layers), then the
+arms at compare_m's depth (2(n - m) layers): identity and scaled inits, the seam the
+diagnostic (solar_jax.seam) recommends, and LLaMA Pro with n - 2m identity blocks (all
+trained, or only the new ones); same steps, batch and data; held-out loss every eval_every
+steps against the base model's, and the base's seam mismatch against each m's recovery.
 merging: Average(a, 1 - a) of the recipe's two DPO candidates for each a in average_weights,
 and SLERP at slerp_t, scored like the recipe's stages.
 """
@@ -22,10 +25,15 @@ def get_config(arg=None):
     c.overwrite = False
     c.model_dir = ""  # "" = the real model
     c.recipe_dir = ""  # a finished recipe run (its dpo_a/ and dpo_b/); "" skips the merging part
-    c.seam_m = "8,0,4"
-    # The up-scaled model passes the base within ~25 steps here: evaluate often, train briefly.
-    c.cpt = ml_collections.ConfigDict(dict(num_steps=60, batch_size=4, seq_len=128, learning_rate=1e-4,
-                                           warmup_steps=6, eval_every=5, eval_batches=8, checkpoint_every=60))
+    c.seam_m = "0,2,4,6,8,10,12"
+    c.compare_m = 8
+    c.arms = "identity,scaled,seam,llama_pro,llama_pro_new"  # "" = the m sweep only
+    # The seam diagnostics of the base (configs/seam.py's keys).
+    c.diagnostic = ml_collections.ConfigDict(dict(data_files="", text_field="text", builtin="pydoc",
+                                                  num_sequences=64, seq_len=256, batch_size=16))
+    # m = 8 passes the base within ~8 steps here: evaluate often, train briefly.
+    c.cpt = ml_collections.ConfigDict(dict(num_steps=40, batch_size=4, seq_len=128, learning_rate=1e-4,
+                                           warmup_steps=4, eval_every=4, eval_batches=6, checkpoint_every=40))
     c.average_weights = "0,0.25,0.5,0.75,1"
     c.slerp_t = 0.5
     c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=16, pairs=30, max_new_tokens=64,
@@ -33,6 +41,8 @@ def get_config(arg=None):
     if variant == "quick":
         c.output_dir = "runs/reproduce-quick"
         c.seam_m = "8,0"
+        c.arms = "identity,seam"
+        c.diagnostic.update(num_sequences=4, seq_len=64, batch_size=4)
         c.cpt.update(num_steps=2, batch_size=2, seq_len=64, warmup_steps=1, eval_every=1, eval_batches=1,
                      checkpoint_every=2)
         c.average_weights = "0,0.5,1"

@@ -73,12 +73,16 @@ def test_reproduce_quick_writes_its_tables_from_the_runs(quick_run, tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((out / "reproduce.json").read_text())
-    assert [e["layers"] for e in results["seam"].values()] == [44, 60]  # m = 8, and plain duplication
+    # m = 8, plain duplication, then m = 8's identity init and the diagnostic's seam of 44 layers
+    assert [e["layers"] for e in results["seam"].values()] == [44, 60, 44, 44]
+    assert results["seam"]["identity"]["initial"] == pytest.approx(results["base_heldout_loss"], abs=1e-4)
+    assert results["seam"]["seam"]["mismatch"] <= results["seam"]["m8"]["mismatch"]
+    assert results["diagnostic"]["tokens"] == 4 * 64
     for e in results["seam"].values():
         assert [s for s, _ in e["curve"]] == [0, 1, 2]
     assert set(results["merging"]) == {"average_0", "average_0.5", "average_1", "slerp"}
     assert all(e["num_layers"] == 44 for e in results["merging"].values())
-    for f in ("reproduce.md", "recovery.png", "merging.png"):
+    for f in ("reproduce.md", "recovery.png", "merging.png", "seam_vs_recovery.png"):
         assert (out / f).stat().st_size > 0
     table = (out / "reproduce.md").read_text()
     assert f"{results['seam']['m0']['final']:.4f}" in table
