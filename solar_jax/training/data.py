@@ -21,6 +21,7 @@ import grain
 import numpy as np
 
 from solar_jax.errors import SolarError
+from solar_jax.training import token_shards
 
 BUILTIN = ("pydoc",)
 
@@ -250,16 +251,46 @@ def split_eval(docs: list, fraction: float, seed: int) -> tuple[list, list]:
 
 @dataclasses.dataclass
 class Corpus:
-    train: list[np.ndarray]
+    train: Sequence[np.ndarray]  # a list, or token_shards.ShardDocuments (read when asked)
     eval: list[np.ndarray]
 
     @property
     def train_tokens(self) -> int:
-        return sum(len(d) for d in self.train)
+        total = getattr(self.train, "total_tokens", None)
+        return total if total is not None else sum(len(d) for d in self.train)
+
+
+def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
+    """train_files is a token shard dir: the same split and drops as for its text."""
+    path = data_cfg.train_files.strip()
+    manifest, lengths = token_shards.load_documents(path, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
+    if data_cfg.eval_files:
+        train_idx, evals = list(range(len(lengths))), _eval_documents(data_cfg, tokenizer)
+    else:
+        train_idx, eval_idx = split_eval(list(range(len(lengths))), data_cfg.eval_fraction, seed)
+        held = token_shards.ShardDocuments(path, manifest, [i for i in eval_idx if lengths[i] >= 2], lengths)
+        evals = [held[i] for i in range(len(held))]
+    train = token_shards.ShardDocuments(path, manifest, [i for i in train_idx if lengths[i] >= 2], lengths)
+    if not len(train):
+        raise SolarError("the training data has no document of 2 or more tokens")
+    return Corpus(train, evals)
+
+
+def _eval_documents(data_cfg, tokenizer) -> list[np.ndarray]:
+    if token_shards.is_shard_dir(data_cfg.eval_files):
+        held = token_shards.all_documents(data_cfg.eval_files.strip(), tokenizer, data_cfg)
+        return [held[i] for i in range(len(held))]
+    eval_docs = read_documents(expand_files(data_cfg.eval_files), data_cfg.text_field)
+    if not eval_docs:
+        raise SolarError(f"the eval data is empty ({data_cfg.eval_files})")
+    return tokenize_documents(eval_docs, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
 
 
 def load_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
-    """Documents -> tokens, with the eval split: from eval_files when given, else held out."""
+    """Documents -> tokens, with the eval split: from eval_files when given, else held out.
+    train_files may be a token shard dir (solar_jax.tokenize)."""
+    if data_cfg.train_files and token_shards.is_shard_dir(data_cfg.train_files):
+        return _shard_corpus(data_cfg, tokenizer, seed)
     if data_cfg.train_files:
         train_docs = read_documents(expand_files(data_cfg.train_files), data_cfg.text_field)
     else:
@@ -267,13 +298,11 @@ def load_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
     if not train_docs:
         raise SolarError(f"the training data is empty ({data_cfg.train_files or data_cfg.builtin})")
     if data_cfg.eval_files:
-        eval_docs = read_documents(expand_files(data_cfg.eval_files), data_cfg.text_field)
-        if not eval_docs:
-            raise SolarError(f"the eval data is empty ({data_cfg.eval_files})")
+        evals = _eval_documents(data_cfg, tokenizer)
     else:
         train_docs, eval_docs = split_eval(train_docs, data_cfg.eval_fraction, seed)
+        evals = tokenize_documents(eval_docs, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
     train = tokenize_documents(train_docs, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
-    evals = tokenize_documents(eval_docs, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
     if not train:
         raise SolarError("the training data has no document of 2 or more tokens")
     return Corpus(train, evals)
@@ -295,7 +324,8 @@ def train_dataset(docs: Sequence[np.ndarray], seq_len: int, batch_size: int, see
     Every process builds the same global batch and transfers only the rows its devices hold
     (sharding.put_global_batch): a run on N hosts sees exactly the batches of a run on one,
     so losses agree across topologies. Packing costs a few ms per step on the host."""
-    ds = grain.MapDataset.source(list(docs))
+    # A shard dir's documents are read when the pipeline asks for them, not listed up front.
+    ds = grain.MapDataset.source(docs if isinstance(docs, token_shards.ShardDocuments) else list(docs))
     ds = ds.shuffle(seed=seed).repeat(None).map(_shift)
     it = ds.to_iter_dataset(_read_options(num_threads, prefetch))
     packed = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"inputs": seq_len, "targets": seq_len})
