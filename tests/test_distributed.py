@@ -166,3 +166,21 @@ def test_sigterm_on_every_host_saves_one_agreed_step(tmp_path):
     saved = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and f"saved a checkpoint at step {saved[0]}" in outs[0][0]
     assert all(f"preemption sync point, step={saved[0]}" in err for _, err in outs)
+
+
+def test_two_processes_reading_only_their_rows_of_shards_train_like_one(tmp_path):
+    shards = tmp_path / "tokens"
+    r = subprocess.run([sys.executable, "-m", "solar_jax.tokenize", "--config=configs/tokenize.py",
+                        "--config.tokenizer=bytes", f"--config.output_dir={shards}", "--config.num_workers=1"],
+                       cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    extra = [f"--config.data.train_files={shards}", "--config.data.stream_per_row=True"]
+    single = _train(tmp_path / "single", *extra, processes=1)[0]
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = _train(tmp_path / "multi", *extra)
+    assert [m.returncode for m in multi] == [0, 0], [m.stderr[-1500:] for m in multi]
+    a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3, 4, 5, 6]
+    for step in a:
+        np.testing.assert_allclose(np.array(b[step], float), np.array(a[step], float), rtol=1e-5,
+                                   err_msg=f"step {step}")

@@ -151,3 +151,28 @@ def test_training_on_shards_resumes_exactly_after_sigkill(byte_shards, tmp_path)
     assert "resumed from" in r.stdout or proc.returncode == 0
     got = {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r.get("loss")}
     assert got == losses  # bitwise: the shards give the text's batches, before and after the kill
+
+
+def test_a_process_reads_only_the_documents_of_its_rows(byte_shards, monkeypatch):
+    c = load_config("cpt.py", "tiny")
+    override(c, **{"data.train_files": str(byte_shards)})
+    train = data_lib.load_corpus(c.data, data_lib.load_tokenizer("bytes"), c.seed).train
+    read = []
+    original = token_shards.ShardDocuments.__getitem__
+    monkeypatch.setattr(token_shards.ShardDocuments, "__getitem__", lambda self, i: read.append(i) or original(self, i))
+
+    def batches(rows, n=12):
+        it = data_lib.RowStreams(train, 64, 8, rows, c.seed)
+        out = [next(it) for _ in range(n)]
+        return out, set(read)
+
+    whole, all_read = batches(range(8))
+    read.clear()
+    half, half_read = batches([4, 5, 6, 7])  # the second of two hosts
+    for a, b in zip(whole, half):
+        assert all(np.array_equal(a[k][4:], b[k]) for k in a)
+    assert len(half_read) <= 0.6 * len(all_read), (len(half_read), len(all_read))
+    # Its checkpointed position only fits the same rows.
+    it = data_lib.RowStreams(train, 64, 8, [0, 1], c.seed)
+    with pytest.raises(SolarError, match="resume on the same mesh and number of processes"):
+        it.set_state(data_lib.RowStreams(train, 64, 8, [4, 5], c.seed).get_state())

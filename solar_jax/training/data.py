@@ -332,6 +332,44 @@ def train_dataset(docs: Sequence[np.ndarray], seq_len: int, batch_size: int, see
     return packed.batch(batch_size, drop_remainder=True)
 
 
+class RowStreams:
+    """Batches of the rows `rows` of the global batch when every row is its own stream
+    (data.stream_per_row): row r packs the documents at positions r, r + B, r + 2B, ... of
+    the seeded, shuffled, repeated order (B = batch_size). A process builds only the rows
+    its devices hold, so it reads about 1/N of the documents on N hosts, and any number of
+    hosts sees the batches of one. Iterates dicts of [len(rows), T] arrays; get_state /
+    set_state for the checkpoint (per process, like grain's own iterators)."""
+
+    def __init__(self, docs: Sequence[np.ndarray], seq_len: int, batch_size: int, rows: Sequence[int], seed: int,
+                 num_threads: int = 0, prefetch: int = 0):
+        source = docs if isinstance(docs, token_shards.ShardDocuments) else list(docs)
+        order = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+        self.rows = list(rows)
+        self._iters = []
+        for r in self.rows:
+            stream = order[r::batch_size].map(_shift).to_iter_dataset(_read_options(num_threads, prefetch))
+            packed = grain.experimental.ConcatThenSplitIterDataset(
+                stream, length_struct={"inputs": seq_len, "targets": seq_len})
+            self._iters.append(iter(packed))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = [next(it) for it in self._iters]
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+    def get_state(self) -> dict:
+        return dict(rows=self.rows, streams=[it.get_state() for it in self._iters])
+
+    def set_state(self, state: dict) -> None:
+        if state.get("rows") != self.rows:
+            raise SolarError(f"the checkpoint's data position is for rows {state.get('rows')} of the batch, this "
+                             f"process holds rows {self.rows}: resume on the same mesh and number of processes")
+        for it, st in zip(self._iters, state["streams"]):
+            it.set_state(st)
+
+
 def eval_batches(docs: Sequence[np.ndarray], seq_len: int, batch: int, max_batches: int) -> list[dict[str, np.ndarray]]:
     """The held-out set packed into fixed batches (the last padded with segment 0)."""
     ds = grain.MapDataset.source(list(docs)).map(_shift).to_iter_dataset(_read_options(0, 0))

@@ -175,7 +175,8 @@ def _set_up(c, workdir: Path, source: ModelSource, tokenizer, mesh) -> _Run:
     reference = None
     if c.task == "dpo" and c.dpo.reference == "precomputed":
         reference = reference_fn(c, graphdef, initial, mesh)
-    data = task_data.build(c, tokenizer, reference, cache_dir=workdir)
+    data = task_data.build(c, tokenizer, reference, cache_dir=workdir,
+                           local_rows=sharding.local_rows(mesh, c.batch_size))
     _say(f"data: {data.description}")
     train_iter = iter(data.train)
     objective = objective_for(c, graphdef)
@@ -240,7 +241,9 @@ def _loop(c, run: _Run, config: ModelConfig, num_devices: int) -> dict[str, Any]
     try:
         step = run.start_step
         while step < c.num_steps:
-            batch = sharding.put_global_batch(run.data.to_model(next(run.train_iter)), run.mesh)
+            host = run.data.to_model(next(run.train_iter))
+            batch = (sharding.put_global_batch(host, run.mesh) if run.data.rows is None
+                     else sharding.put_local_rows(host, run.data.rows, c.batch_size, run.mesh))
             t0 = time.perf_counter()
             run.state, m = run.run_step(run.state, batch)
             loss = float(m["loss"])  # also waits for the step: honest timing

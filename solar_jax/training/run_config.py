@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
         eval_fraction=0.05,
         add_bos=True,  # the tokenizer's own BOS convention
         add_eos=True,
+        # cpt: every row of the batch its own packed stream, so each host reads only the
+        # documents of its rows (pods); False: one stream, every host packs the whole batch.
+        stream_per_row=False,
         num_threads=0,  # grain read threads; 0 on small machines
         prefetch=0,
     ))

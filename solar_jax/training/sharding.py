@@ -103,6 +103,28 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def local_rows(mesh: Mesh, batch_size: int) -> list[int]:
+    """The rows of a [batch_size, ...] batch that this process's devices hold."""
+    index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((batch_size,))
+    return sorted({r for (rows,) in index_map.values() for r in range(batch_size)[rows]})
+
+
+def put_local_rows(batch: dict[str, np.ndarray], rows: list[int], batch_size: int, mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of the global batch (batch[k][j] is global row rows[j]) -> global
+    arrays sharded over data x fsdp, as put_global_batch makes from the whole batch."""
+    position = {r: j for j, r in enumerate(rows)}
+    out = {}
+    for key, local in batch.items():
+        shape = (batch_size,) + local.shape[1:]
+
+        def fetch(index, local=local):
+            picked = [position[r] for r in range(batch_size)[index[0]]]
+            return local[picked][(slice(None),) + tuple(index[1:])]
+
+        out[key] = jax.make_array_from_callback(shape, batch_sharding(mesh, local.ndim), fetch)
+    return out
+
+
 def put_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """The global batch (the same numpy rows on every process) -> global arrays sharded
     over data x fsdp; each process copies only the rows of its own devices."""

@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-import grain
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,7 +23,8 @@ TASKS = ("cpt", "sft", "dpo")
 
 @dataclasses.dataclass
 class TaskData:
-    train: grain.IterDataset  # global batches (the same on every process)
+    train: Any  # global batches (the same on every process), or with `rows` only those rows
+    rows: list[int] | None = dataclasses.field(default=None, kw_only=True)  # the rows of the global batch train gives
     eval: list[dict[str, np.ndarray]]  # global batches
     to_model: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # host batch -> step inputs
     fields: dict[str, tuple[tuple[int, ...], Any]]  # step input name -> (global shape, dtype)
@@ -42,13 +42,22 @@ def _token_fields(prefixes, batch: int, seq_len: int) -> dict:
 
 
 def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = None,
-          cache_dir: Path | None = None) -> TaskData:
-    """reference(examples) -> [N, 2] reference log-probs (DPO with precomputed references)."""
+          cache_dir: Path | None = None, local_rows: list[int] | None = None) -> TaskData:
+    """reference(examples) -> [N, 2] reference log-probs (DPO with precomputed references).
+    local_rows: the rows of the global batch this process holds (used by cpt with
+    data.stream_per_row; default all)."""
     if c.task == "cpt":
         corpus = data_lib.load_corpus(c.data, tokenizer, c.seed)
+        if c.data.stream_per_row:
+            rows = list(range(c.batch_size)) if local_rows is None else list(local_rows)
+            train = data_lib.RowStreams(corpus.train, c.seq_len, c.batch_size, rows, c.seed, c.data.num_threads,
+                                        c.data.prefetch)
+        else:
+            rows, train = None, data_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed,
+                                                       c.data.num_threads, c.data.prefetch)
         return TaskData(
-            train=data_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed, c.data.num_threads,
-                                         c.data.prefetch),
+            rows=rows,
+            train=train,
             eval=data_lib.eval_batches(corpus.eval, c.seq_len, c.batch_size, c.eval_batches),
             to_model=data_lib.model_batch,
             fields=_token_fields([""], c.batch_size, c.seq_len),
