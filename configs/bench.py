@@ -6,7 +6,7 @@
 
 import ml_collections
 
-BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan")
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan", "data")
 
 
 def get_config(arg=None):
@@ -39,4 +39,13 @@ def get_config(arg=None):
         c.requests = "choices"  # choices (4 share a context) | distinct (nothing shared)
         c.batch_size = 16
         c.pairs = 2  # back-to-back solar_jax / lm-eval pairs
+    if arg == "data":
+        c.model_dir = ""  # whose tokenizer; "" = the real model's
+        c.documents = 4000  # the built-in corpus's pieces, repeated
+        c.seq_len = 4096
+        c.batch_size = 64  # global rows
+        c.hosts = 16  # stream_per_row: one host of this many reads batch_size / hosts rows
+        c.batches = 20
+        c.workers = 2  # tokenize processes
+        c.chip, c.chips_per_host, c.mfu = "TPU v5p", 4, 0.5  # the need: an estimate, see bench/data.py
     return c
