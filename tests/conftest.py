@@ -119,6 +119,15 @@ def kill_once(procs: list[subprocess.Popen], condition, timeout: float = 240) ->
     raise TimeoutError("the condition never held")
 
 
+def metrics_reached(workdir, step: int):
+    """True once workdir/metrics.jsonl has logged `step` (a kill then lands mid-step or
+    mid-save)."""
+    from solar_jax.training.metrics import read_metrics
+
+    metrics = Path(workdir) / "metrics.jsonl"
+    return lambda: metrics.exists() and max((r["step"] for r in read_metrics(metrics)), default=0) >= step
+
+
 def checkpoint_saved(workdir, step: int):
     """True once orbax has finished writing checkpoint `step` (its final dir name)."""
     return lambda: (Path(workdir) / "checkpoints" / str(step)).is_dir()

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_command
+from conftest import REPO, kill_once, metrics_reached, run_command
 from solar_jax.training.metrics import read_metrics
 from tests.test_hf_io import hf_tensors
 
@@ -83,14 +83,7 @@ def test_sigkill_at_random_steps_then_resume_equals_an_uninterrupted_run(tmp_pat
         at = random.Random(seed).randint(1, 11)  # kill once this many steps are logged (mid-step or mid-save)
         proc = subprocess.Popen([sys.executable, "-m", "solar_jax.train", *flags, f"--config.workdir={workdir}"],
                                 cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            metrics = workdir / "metrics.jsonl"
-            if metrics.exists() and max((r["step"] for r in read_metrics(metrics)), default=0) >= at:
-                proc.kill()
-                break
-            time.sleep(0.005)
-        proc.wait()
+        kill_once([proc], metrics_reached(workdir, at), timeout=300)
         r = run_command("solar_jax.train", *flags, f"--config.workdir={workdir}")
         assert r.returncode == 0, r.stderr[-2000:]
         got = {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r.get("loss")}

@@ -4,12 +4,11 @@ import json
 import random
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, override, run_command
+from conftest import REPO, kill_once, load_config, metrics_reached, override, run_command
 from solar_jax.errors import SolarError
 from solar_jax.training import data as data_lib
 from solar_jax.training import token_shards
@@ -138,17 +137,10 @@ def test_training_on_shards_resumes_exactly_after_sigkill(byte_shards, tmp_path)
     env = dict(__import__("os").environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "solar_jax.train", *flags, f"--config.workdir={workdir}"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    at, deadline = random.Random(0).randint(3, 6), time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        metrics = workdir / "metrics.jsonl"
-        if metrics.exists() and max((r["step"] for r in read_metrics(metrics)), default=0) >= at:
-            proc.kill()
-            break
-        time.sleep(0.005)
-    proc.wait()
+    killed = kill_once([proc], metrics_reached(workdir, random.Random(0).randint(3, 6)), timeout=300)
     r = run_command("solar_jax.train", *flags, f"--config.workdir={workdir}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "resumed from" in r.stdout or proc.returncode == 0
+    assert "resumed from" in r.stdout or not killed
     got = {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r.get("loss")}
     assert got == losses  # bitwise: the shards give the text's batches, before and after the kill
 

@@ -36,8 +36,9 @@ def text_batches(tokenizer, c) -> list[dict[str, np.ndarray]]:
     # Tokenize only what the rows need (x1.1 for the documents' last, shifted-off token).
     wanted, tokens, have = int(c.num_sequences * (c.seq_len + 1) * 1.1), [], 0
     for start in range(0, len(docs), 64):
-        tokens += data_lib.tokenize_documents(docs[start:start + 64], tokenizer)
-        have = sum(len(t) for t in tokens)
+        new = data_lib.tokenize_documents(docs[start:start + 64], tokenizer)
+        tokens += new
+        have += sum(len(t) for t in new)
         if have >= wanted:
             break
     if not tokens:

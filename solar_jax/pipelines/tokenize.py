@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -24,16 +24,6 @@ from solar_jax.training import token_shards
 from solar_jax.weights.outdir import atomic_output_dir, check_output_dir
 
 
-def tokenize_all(tokenizer, docs: Sequence[str], add_bos: bool, add_eos: bool) -> list[list[int]]:
-    """data.tokenize_documents' ids, but every document is kept (short ones too): record i
-    is document i."""
-    out = []
-    for start in range(0, len(docs), 256):
-        for ids in tokenizer.encode_batch(docs[start:start + 256], add_special_tokens=add_bos):
-            out.append(list(ids) + ([tokenizer.eos_id] if add_eos and tokenizer.eos_id is not None else []))
-    return out
-
-
 _WORKER: dict[str, Any] = {}
 
 
@@ -42,7 +32,7 @@ def _worker_init(tokenizer_spec: str, model_dir: str | None) -> None:
 
 
 def _worker_shard(path_stem: str, docs: list[str], add_bos: bool, add_eos: bool, dtype: str) -> dict[str, Any]:
-    ids = tokenize_all(_WORKER["tokenizer"], docs, add_bos, add_eos)
+    ids = data_lib.tokenize_documents(docs, _WORKER["tokenizer"], add_bos, add_eos, min_tokens=0)
     return token_shards.write_shard(Path(path_stem), ids, np.dtype(dtype))
 
 
@@ -67,7 +57,7 @@ def write_shards(docs: Iterable[str], tokenizer, tokenizer_spec: tuple[str, str 
     entries: list[dict[str, Any]] = []
     if num_workers <= 1:
         for i, chunk in enumerate(chunks):
-            ids = tokenize_all(tokenizer, chunk, add_bos, add_eos)
+            ids = data_lib.tokenize_documents(chunk, tokenizer, add_bos, add_eos, min_tokens=0)
             entries.append(token_shards.write_shard(out / f"part-{i:05d}", ids, dtype))
     else:
         context = multiprocessing.get_context("spawn")  # fork would copy the tokenizer's threads

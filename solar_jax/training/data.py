@@ -224,15 +224,16 @@ def read_documents(files: Sequence[Path], text_field: str = "text") -> list[str]
     return [d for d in docs if d.strip()]
 
 
-def tokenize_documents(docs: Sequence[str], tokenizer, add_bos: bool = True, add_eos: bool = True) -> list[np.ndarray]:
+def tokenize_documents(docs: Sequence[str], tokenizer, add_bos: bool = True, add_eos: bool = True,
+                       min_tokens: int = 2) -> list[np.ndarray]:
     """Each document -> int32 tokens (the tokenizer's BOS if it adds one) + text + [EOS];
-    documents under 2 tokens are dropped."""
+    documents under min_tokens are dropped (token shards keep them all: min_tokens=0)."""
     out = []
     for start in range(0, len(docs), 256):
         for ids in tokenizer.encode_batch(docs[start:start + 256], add_special_tokens=add_bos):
             if add_eos and tokenizer.eos_id is not None:
                 ids = ids + [tokenizer.eos_id]
-            if len(ids) >= 2:
+            if len(ids) >= min_tokens:
                 out.append(np.asarray(ids, np.int32))
     return out
 
@@ -268,9 +269,9 @@ def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
         train_idx, evals = list(range(len(lengths))), _eval_documents(data_cfg, tokenizer)
     else:
         train_idx, eval_idx = split_eval(list(range(len(lengths))), data_cfg.eval_fraction, seed)
-        held = token_shards.ShardDocuments(path, manifest, [i for i in eval_idx if lengths[i] >= 2], lengths)
+        held = token_shards.usable(path, manifest, lengths, eval_idx)
         evals = [held[i] for i in range(len(held))]
-    train = token_shards.ShardDocuments(path, manifest, [i for i in train_idx if lengths[i] >= 2], lengths)
+    train = token_shards.usable(path, manifest, lengths, train_idx)
     if not len(train):
         raise SolarError("the training data has no document of 2 or more tokens")
     return Corpus(train, evals)

@@ -26,7 +26,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import grain
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from solar_jax.errors import SolarError
 
@@ -63,8 +65,6 @@ def shard_name(index: int, count: int) -> str:
 
 def write_shard(path_stem: Path, token_lists: Sequence[Sequence[int]], dtype: np.dtype) -> dict[str, Any]:
     """Writes path_stem.array_record and path_stem.lengths.npy; returns the manifest entry."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     records = path_stem.with_name(path_stem.name + ".array_record")
     # group_size:1 keeps every record independently readable: random access for shuffling.
     writer = ArrayRecordWriter(str(records), "group_size:1")
@@ -151,8 +151,6 @@ class ShardDocuments:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self._source is None:
-            import grain
-
             self._source = grain.sources.ArrayRecordDataSource(self._files)
         return np.frombuffer(self._source[int(self.indices[i])], self._dtype).astype(np.int32)
 
@@ -174,8 +172,12 @@ def load_documents(path: str, tokenizer, add_bos: bool, add_eos: bool) -> tuple[
     return manifest, lengths
 
 
+def usable(path: str, manifest: dict[str, Any], lengths: np.ndarray, indices: Sequence[int]) -> ShardDocuments:
+    """The documents `indices` of 2 or more tokens: what tokenizing on the fly keeps."""
+    return ShardDocuments(path, manifest, [i for i in indices if lengths[i] >= 2], lengths)
+
+
 def all_documents(path: str, tokenizer, data_cfg) -> ShardDocuments:
-    """Every document of 2 or more tokens (a shard dir given as eval_files, or train_files
-    with separate eval files)."""
+    """Every usable document (a shard dir given as eval_files)."""
     manifest, lengths = load_documents(path, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
-    return ShardDocuments(path, manifest, np.flatnonzero(lengths >= 2), lengths)
+    return usable(path, manifest, lengths, range(len(lengths)))
