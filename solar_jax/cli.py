@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from solar_jax import background_errors, host_malloc
 from solar_jax.config_files import config_path, load_config
 from solar_jax.errors import RunFailed, SolarError
-from solar_jax.training import distributed
+from solar_jax.training import distributed, tpu
 
 # XLA CPU flags that were measured to help; they only touch CPU codegen. YNNPACK for dots
 # (1.14-1.25x on the train step on 2 cores against XLA's own dot emitter) and for reductions
@@ -40,6 +40,7 @@ def apply_default_xla_flags() -> None:
     missing = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in current]
     if missing:
         os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
+    tpu.apply_libtpu_flags()  # read only where jax loads libtpu (TPU hosts, plan --compile)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -2,6 +2,8 @@
 
   python -m solar_jax.plan --config=configs/cpt.py:solar --config.model_preset=mistral-7b --device=v5p-128
   python -m solar_jax.plan --config=configs/cpt.py --device=h100 --num_devices=8
+  # the real train step compiled for the slice by the TPU compiler (libtpu; no TPU needed)
+  python -m solar_jax.plan --config=configs/cpt.py:solar --config.model_preset=mistral-7b --device=v5p-128 --compile
 """
 
 from __future__ import annotations
@@ -9,26 +11,42 @@ from __future__ import annotations
 from absl import flags
 
 from solar_jax import cli
+from solar_jax.errors import SolarError
+from solar_jax.training import tpu
+from solar_jax.training.compiled_plan import compile_plan
 from solar_jax.training.plan import parse_device, plan
 from solar_jax.training.run_config import validate
-from solar_jax.training.state import resolve_model
+from solar_jax.training.state import resolve_model, trainable_mask
 
 
 def define() -> None:
     # The target hardware is not part of a run config: the same config plans for any slice.
-    flags.DEFINE_string("device", "cpu", "v5p-128, v6e-256, v4-64, tpu-v5p, h100, h200, a100, cpu")
+    flags.DEFINE_string("device", "cpu", "v5p-128, v6e-256, v4-64, v5litepod-16, tpu-v5p, h100, h200, a100, cpu")
     flags.DEFINE_integer("num_devices", 0, "devices (not needed for a TPU slice name)")
+    flags.DEFINE_bool("compile", False, "compile the train step for the TPU slice with libtpu and report "
+                      "XLA's memory, collectives, FLOPs and a step-time estimate")
 
 
 def main(c) -> None:
     device, count = parse_device(flags.FLAGS.device, flags.FLAGS.num_devices)
+    if flags.FLAGS.compile:
+        tpu.topology_name(device, count)  # a slice libtpu can describe, before any work
+        tpu.compile_host_env(device)  # before jax starts its backends below
+        if not tpu.libtpu_available():
+            raise SolarError("--compile needs the TPU compiler (libtpu): pip install 'jax[tpu]' "
+                             "(it compiles for any slice on a CPU machine)")
     validate(c, count)
     source = resolve_model(c)
     p = plan(c, source.config, device, count)
     print(f"model: {source.config.num_layers} layers, {source.config.num_params() / 1e9:.2f}B params; batch "
           f"{c.batch_size} x {c.seq_len}, grad_accum_steps={c.grad_accum_steps}, dtype {c.dtype}, remat {c.remat}")
     print(p.report())
-    if p.fits is False:
+    if flags.FLAGS.compile:
+        compiled = compile_plan(c, source.config, device, count, trainable_mask(source))
+        print(compiled.report())
+        if not compiled.fits:
+            raise SystemExit(1)
+    elif p.fits is False:
         raise SystemExit(1)
 
 

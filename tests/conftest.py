@@ -9,6 +9,10 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_experimental_ynn_fusion_type=dot,reduce")  # the flag the commands set
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# libtpu is installed for the ahead-of-time TPU compiles (test_tpu_compile.py), which need no
+# TPU backend; without this every test process would probe for TPU chips and contend for
+# libtpu's lock file.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the session, in-process and in every command a test
 # starts: a step the suite compiles in many tests compiles once (a tiny training command:
 # 48 s -> 26 s). Keys hold the HLO, compile options and jax version, so an entry is never

@@ -45,6 +45,16 @@ def dense(q, k, v, mask, impl: str):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else "xla")
 
 
+def _target_platform() -> str:
+    """The platform the step is compiled for: the current mesh's devices (an AOT topology
+    mesh of TPUs on a CPU host compiles the kernel with Mosaic), else the default device's."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    if device is not None:
+        return device.platform
+    return jax.devices()[0].platform
+
+
 def splash(q, k, v, segment_ids, sliding_window: int | None):
     """q [B, T, N, H], k/v [B, T, K, H], segment_ids [B, T] -> [B, T, N, H]."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
@@ -63,7 +73,7 @@ def splash(q, k, v, segment_ids, sliding_window: int | None):
         sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
         return sk.make_splash_mha(sm.MultiHeadMask([head_mask] * heads), block_sizes=sizes, head_shards=1,
-                                  q_seq_shards=1, interpret=jax.devices()[0].platform != "tpu")
+                                  q_seq_shards=1, interpret=_target_platform() != "tpu")
 
     def local(q, k, v, segment_ids):
         # [B, T, N, H] -> [B, N, T, H]; the kernel takes q already scaled.

@@ -38,7 +38,8 @@ from solar_jax.training.run_config import check_seq_len, validate
 from solar_jax.training.runs import RUN_FILE, read_run_record, run_record
 from solar_jax.training.state import (ModelSource, StateLayout, initial_params, initial_state, resolve_model,
                                       state_layout, trainable_mask)
-from solar_jax.training.step import evaluate, make_eval_step, make_train_step, objective_for, reference_fn
+from solar_jax.training.step import (evaluate, lower_train_step, make_eval_step, model_options, objective_for,
+                                     reference_fn)
 from solar_jax.weights import hf
 
 
@@ -163,8 +164,7 @@ class _Run:
 
 
 def _set_up(c, workdir: Path, source: ModelSource, tokenizer, mesh) -> _Run:
-    options = dict(dtype=c.dtype, remat=c.remat, attention_impl=c.attention_impl)
-    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **options))
+    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **model_options(c, mesh)))
     layout = state_layout(c, source.config, mesh)
     ckpt = Checkpointer(c.checkpoint_dir or workdir / "checkpoints", keep=c.keep_checkpoints,
                         async_save=c.async_checkpoint)
@@ -197,17 +197,12 @@ def _compile(c, graphdef, layout: StateLayout, objective, data, mesh, ref_params
     """The train step, compiled ahead of the loop for the batch's shapes and shardings (its
     time is reported), and the eval function; both take the frozen reference when DPO has one."""
     replicated = sharding.replicated(mesh)
-    batch_structs = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
-                     for k, (shape, dt) in data.fields.items()}
-    batch_sh = {k: v.sharding for k, v in batch_structs.items()}
-    state_sh, param_sh = layout.state_shardings, layout.param_shardings
+    batch_sh = {k: sharding.batch_sharding(mesh, len(shape)) for k, (shape, _) in data.fields.items()}
+    param_sh = layout.param_shardings
     ref_sh = () if ref_params is None else (param_sh,)
     ref_args = () if ref_params is None else (ref_params,)
-    ref_abstract = () if ref_params is None else (layout.abstract["params"],)
     start = time.perf_counter()
-    train_step = make_train_step(graphdef, layout.optimizer, c.grad_accum_steps, objective, trainable)
-    step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, *ref_sh), out_shardings=(state_sh, replicated),
-                      donate_argnums=0).lower(layout.abstract, batch_structs, *ref_abstract).compile()
+    step_fn = lower_train_step(c, graphdef, layout, objective, data.fields, mesh, trainable).compile()
     eval_fn = jax.jit(make_eval_step(graphdef, objective), in_shardings=(param_sh, batch_sh, *ref_sh),
                       out_shardings=replicated)
     _say(f"compiled the train step in {time.perf_counter() - start:.1f}s")

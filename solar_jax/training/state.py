@@ -99,8 +99,11 @@ def state_layout(c, config: ModelConfig, mesh) -> StateLayout:
     tx = make_optimizer(c, abstract_params)
     replicated = sharding.replicated(mesh)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: replicated)
+    # tree_map_params runs tx.init eagerly on placeholders: off any current mesh, since an
+    # eager op under an AOT topology mesh (plan --compile) would be sent to absent TPUs.
+    with jax.set_mesh(None):
+        opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                       transform_non_params=lambda _: replicated)
     state_sh = dict(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
     abstract = dict(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=abstract_params,
                     opt_state=abstract_like(abstract_opt, opt_sh),

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from solar_jax.models import attention
 from solar_jax.training import data as data_lib
 from solar_jax.training import sft_data, sharding
 from solar_jax.training.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
@@ -23,6 +24,28 @@ def objective_for(c, graphdef) -> Objective:
         return dpo_objective(graphdef, c.dpo.beta, c.dpo.loss_type, c.dpo.label_smoothing,
                              precomputed=c.dpo.reference == "precomputed")
     return cross_entropy_objective(graphdef)
+
+
+def model_options(c, mesh) -> dict[str, str]:
+    """The model's run options for config c on mesh: the attention kernel resolved for the
+    mesh's devices (a TPU slice compiled from a CPU host gets splash, not the host's kernel)."""
+    platform = mesh.devices.flat[0].platform
+    return dict(dtype=c.dtype, remat=c.remat, attention_impl=attention.resolve(c.attention_impl, platform))
+
+
+def lower_train_step(c, graphdef, layout, objective: Objective, fields: dict, mesh, trainable: dict | None = None):
+    """The train step jitted with its shardings (state donated) and lowered for the batch
+    fields (task_data.batch_fields): the one path the train command and plan --compile share.
+    Call under jax.set_mesh(mesh); it runs nothing eagerly, so mesh may be an AOT topology."""
+    structs = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
+               for k, (shape, dt) in fields.items()}
+    state_sh = layout.state_shardings
+    ref = (layout.param_shardings,) if objective.needs_reference else ()
+    ref_abstract = (layout.abstract["params"],) if objective.needs_reference else ()
+    step = make_train_step(graphdef, layout.optimizer, c.grad_accum_steps, objective, trainable)
+    return jax.jit(step, in_shardings=(state_sh, {k: v.sharding for k, v in structs.items()}, *ref),
+                   out_shardings=(state_sh, sharding.replicated(mesh)),
+                   donate_argnums=0).lower(layout.abstract, structs, *ref_abstract)
 
 
 def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None, trainable: dict | None = None):

@@ -41,6 +41,19 @@ def _token_fields(prefixes, batch: int, seq_len: int) -> dict:
     return fields
 
 
+def batch_fields(c) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The train step's inputs for run config c: name -> (global shape, dtype). What the
+    step is compiled for, known before any data is read (plan --compile needs no data)."""
+    if c.task in ("cpt", "sft"):
+        return _token_fields([""], c.batch_size, c.seq_len)
+    if c.task != "dpo":
+        raise SolarError(f"unknown task {c.task!r}; known: {', '.join(TASKS)}")
+    fields = _token_fields(["chosen_", "rejected_"], c.batch_size, c.seq_len)
+    if c.dpo.reference == "precomputed":
+        fields.update(ref_chosen_logps=((c.batch_size,), jnp.float32), ref_rejected_logps=((c.batch_size,), jnp.float32))
+    return fields
+
+
 def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = None,
           cache_dir: Path | None = None, local_rows: list[int] | None = None) -> TaskData:
     """reference(examples) -> [N, 2] reference log-probs (DPO with precomputed references).
@@ -60,7 +73,7 @@ def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = N
             train=train,
             eval=data_lib.eval_batches(corpus.eval, c.seq_len, c.batch_size, c.eval_batches),
             to_model=data_lib.model_batch,
-            fields=_token_fields([""], c.batch_size, c.seq_len),
+            fields=batch_fields(c),
             description=f"{len(corpus.train)} training documents ({corpus.train_tokens:,} tokens), "
                         f"{len(corpus.eval)} held out; batch {c.batch_size} x {c.seq_len} tokens")
     train_rows, eval_rows = sft_data.load_split_rows(c.data.train_files, c.data.eval_files, c.data.eval_fraction,
@@ -75,7 +88,7 @@ def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = N
                                          c.data.prefetch),
             eval=sft_data.eval_batches(held, c.seq_len, c.batch_size, c.eval_batches),
             to_model=sft_data.to_model,
-            fields=_token_fields([""], c.batch_size, c.seq_len),
+            fields=batch_fields(c),
             description=f"{counts.report('sft data')}; {len(held)} held out; template {c.template}, "
                         f"{'packed' if c.packing else 'padded'} batches of {c.batch_size} x {c.seq_len}")
     if c.task != "dpo":
@@ -84,18 +97,16 @@ def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = N
     held, _ = sft_data.dpo_examples(eval_rows, c.template, tokenizer, c.seq_len)
     if not train:
         raise SolarError(f"no usable training pair: {counts.report('dpo data')}")
-    fields = _token_fields(["chosen_", "rejected_"], c.batch_size, c.seq_len)
     if c.dpo.reference == "precomputed":
         for name, examples in (("train", train), ("eval", held)):
             logps = _cached_reference(cache_dir, name, examples, reference)
             for ex, (rc, rr) in zip(examples, logps):
                 ex["ref_chosen_logps"], ex["ref_rejected_logps"] = np.float32(rc), np.float32(rr)
-        fields.update(ref_chosen_logps=((c.batch_size,), jnp.float32), ref_rejected_logps=((c.batch_size,), jnp.float32))
     return TaskData(
         train=sft_data.train_dataset(train, c.seq_len, c.batch_size, c.seed, False, c.data.num_threads, c.data.prefetch),
         eval=sft_data.eval_batches(held, c.seq_len, c.batch_size, c.eval_batches),
         to_model=sft_data.to_model,
-        fields=fields,
+        fields=batch_fields(c),
         description=f"{counts.report('dpo data')}; {len(held)} held-out pairs; template {c.template}; "
                     f"reference {c.dpo.reference}; batches of {c.batch_size} pairs x {c.seq_len}",
         rows_per_example=2)

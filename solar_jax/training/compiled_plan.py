@@ -1,0 +1,168 @@
+"""plan --compile: the real train step compiled for a TPU slice, and what the compiler says of it.
+
+The step is built exactly as the train command builds it (state_layout, objective,
+lower_train_step, the attention kernel of the target platform) against a Mesh of the
+slice's devices from libtpu, with no TPU attached. Reported per chip: XLA's memory analysis,
+the collectives by kind with their bytes per step, the FLOPs per step (every scanned layer
+and microbatch counted as often as it runs, from the HLO) against the analytic count, and a
+step-time estimate. The estimate is a model, not a measurement:
+  compute  = HLO FLOPs per chip / the chip's bf16 peak (plus the attention kernel's FLOPs,
+             which a Mosaic custom call hides from the HLO, counted analytically)
+  comm     = ring wire bytes per chip / half the chip's bidirectional ICI bandwidth
+  step     = max(compute, comm) (collectives overlapped with compute, as XLA schedules them
+             asynchronously); compute + comm is the bound with no overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+from flax import nnx
+
+from solar_jax.models import attention
+from solar_jax.models import transformer as model_lib
+from solar_jax.models.config import ModelConfig
+from solar_jax.training import hlo_stats, sharding, tpu
+from solar_jax.training.state import state_layout
+from solar_jax.training.step import lower_train_step, model_options, objective_for
+from solar_jax.training.task_data import batch_fields
+
+GiB = 2**30
+
+
+def analytic_step_flops(c, config: ModelConfig, kernel: str) -> dict[str, float]:
+    """FLOPs of one train step over the whole batch, by part: matmuls with weights, attention
+    scores and values, and what remat recomputes. Dense attention computes all T x T scores;
+    causal splash skips blocks above the diagonal (about half, plus the diagonal blocks)."""
+    rows = c.batch_size * (2 if c.task == "dpo" else 1)
+    tokens = rows * c.seq_len
+    d, h = config.hidden_size, config.head_dim
+    layer = d * h * (2 * config.num_heads + 2 * config.num_kv_heads) + 3 * d * config.intermediate_size
+    weights_fwd = 2 * tokens * (config.num_layers * layer + config.vocab_size * d)
+    keys = c.seq_len
+    if kernel == "splash":
+        block = next((s for s in attention.SPLASH_BLOCKS if c.seq_len % s == 0), c.seq_len)
+        keys = (c.seq_len + block) / 2
+        if config.sliding_window:
+            keys = min(keys, config.sliding_window + block)
+    attn_fwd = 4 * tokens * keys * config.num_heads * h * config.num_layers
+    # dots_no_batch keeps the projections' outputs but not the batched attention dots.
+    # full recomputes every layer's forward but its down projection, whose output only feeds the
+    # next layer's input, which the scan keeps (XLA drops the dead recomputation).
+    recompute_weights = 2 * tokens * config.num_layers * (layer - d * config.intermediate_size) \
+        if c.remat == "full" else 0.0
+    recompute_attention = attn_fwd if c.remat in ("full", "dots_no_batch") else 0.0
+    frozen = c.task == "dpo" and c.dpo.reference == "frozen"  # the reference's forward pass
+    return dict(weights=3 * weights_fwd, attention=3 * attn_fwd, recompute_weights=recompute_weights,
+                recompute_attention=recompute_attention, reference_weights=weights_fwd if frozen else 0.0,
+                reference_attention=attn_fwd if frozen else 0.0)
+
+
+def attention_flops(analytic: dict[str, float]) -> float:
+    return analytic["attention"] + analytic["recompute_attention"] + analytic["reference_attention"]
+
+
+@dataclasses.dataclass
+class CompiledPlan:
+    device: str
+    topology: str
+    chips: int
+    mesh: tuple[int, int, int]
+    kernel: str
+    compile_seconds: float
+    memory: dict[str, int]  # per chip: arguments, temporaries, outputs, aliased, code
+    capacity: int
+    collectives: dict[str, hlo_stats.Collective]
+    hlo_flops: float  # per chip per step, from the HLO's dots and convolutions
+    kernel_flops: float  # per chip: attention inside custom calls, counted analytically
+    analytic: dict[str, float]  # whole step, all chips
+    tokens_per_step: int
+    xla_cost: dict[str, float]  # cost_analysis(), which counts loop bodies once
+
+    @property
+    def peak_bytes(self) -> int:
+        m = self.memory
+        return m["arguments"] + m["temporaries"] + m["outputs"] - m["aliased"] + m["code"]
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.capacity
+
+    @property
+    def flops_per_chip(self) -> float:
+        return self.hlo_flops + self.kernel_flops
+
+    def estimate(self) -> dict[str, float]:
+        chip = tpu.CHIPS[self.device]
+        compute = self.flops_per_chip / chip.peak_flops
+        wire = sum(c.wire_bytes for c in self.collectives.values())
+        comm = wire / (chip.ici_bandwidth / 2)
+        step = max(compute, comm)
+        model_flops = self.analytic["weights"] + self.analytic["attention"]
+        return dict(compute_seconds=compute, comm_seconds=comm, step_seconds=step, no_overlap_seconds=compute + comm,
+                    tokens_per_second_per_chip=self.tokens_per_step / self.chips / step,
+                    mfu=model_flops / self.chips / step / chip.peak_flops)
+
+    def report(self) -> str:
+        m = self.memory
+        lines = [f"compiled for {self.topology} ({self.chips} chips of {self.device}) in {self.compile_seconds:.1f}s: "
+                 f"mesh data={self.mesh[0]} fsdp={self.mesh[1]} tensor={self.mesh[2]}, attention {self.kernel}",
+                 "XLA memory per chip:"]
+        for key in ("arguments", "temporaries", "outputs", "aliased", "code"):
+            lines.append(f"  {key:12s} {m[key] / GiB:9.2f} GiB")
+        verdict = "fits" if self.fits else "does NOT fit"
+        lines.append(f"  {'peak':12s} {self.peak_bytes / GiB:9.2f} GiB: {verdict} in {self.capacity / GiB:.1f} GiB "
+                     f"({self.peak_bytes / self.capacity:.0%})")
+        lines.append("collectives per chip per step:")
+        if not self.collectives:
+            lines.append("  none")
+        for kind in hlo_stats.COLLECTIVES:
+            if kind in self.collectives:
+                col = self.collectives[kind]
+                lines.append(f"  {kind:18s} {col.count:6d} ops {col.bytes / GiB:9.3f} GiB "
+                             f"(on the wire {col.wire_bytes / GiB:.3f} GiB)")
+        analytic = sum(self.analytic.values()) / self.chips
+        lines.append(f"FLOPs per chip per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + attention "
+                     f"kernel {self.kernel_flops:.4g}); analytic {analytic:.4g} ({self.flops_per_chip / analytic:.3f}x); "
+                     f"XLA cost_analysis counts loop bodies once: {self.xla_cost.get('flops', 0):.4g}")
+        e = self.estimate()
+        lines.append(f"ESTIMATE (a cost model, not a measurement): compute {e['compute_seconds']:.3f}s, "
+                     f"collectives {e['comm_seconds']:.3f}s, step {e['step_seconds']:.3f}s "
+                     f"(no overlap: {e['no_overlap_seconds']:.3f}s); {e['tokens_per_second_per_chip']:,.0f} tokens/s "
+                     f"per chip, MFU {e['mfu']:.1%}")
+        return "\n".join(lines)
+
+
+def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dict | None = None) -> CompiledPlan:
+    """Compiles the train step of run config c for the slice (device, chips) and reads it."""
+    topology = tpu.topology_name(device, chips)
+    devices = tpu.topology_devices(device, chips)
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
+    options = model_options(c, mesh)
+    graphdef, _ = nnx.split(model_lib.abstract_model(config, **options))
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+        layout = state_layout(c, config, mesh)
+        lowered = lower_train_step(c, graphdef, layout, objective_for(c, graphdef), batch_fields(c), mesh, trainable)
+        compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    stats = compiled.memory_analysis()
+    memory = dict(arguments=stats.argument_size_in_bytes, temporaries=stats.temp_size_in_bytes,
+                  outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
+                  code=stats.generated_code_size_in_bytes)
+    comps = hlo_stats.parse(compiled.as_text())
+    analytic = analytic_step_flops(c, config, options["attention_impl"])
+    kernel_flops = 0.0
+    calls = hlo_stats.custom_calls(comps)
+    if options["attention_impl"] == "splash" and calls.get("tpu_custom_call"):
+        # The scores and values matmuls (forward, backward, recomputation) run inside Mosaic.
+        kernel_flops = attention_flops(analytic) / chips
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, list) else cost
+    return CompiledPlan(device, topology, chips, tuple(mesh.devices.shape), options["attention_impl"], seconds,
+                        memory, tpu.CHIPS[device].hbm_bytes, hlo_stats.collectives(comps, chips),
+                        hlo_stats.matmul_flops(comps), kernel_flops, analytic,
+                        c.batch_size * c.seq_len * (2 if c.task == "dpo" else 1),
+                        {k: float(v) for k, v in cost.items() if k in ("flops", "optimal_seconds", "bytes accessed")})

@@ -1,0 +1,295 @@
+"""What a compiled step does, read from its optimized HLO text (compiled.as_text()).
+
+XLA's cost_analysis() counts a while loop's body once, so for a step whose layers run in
+lax.scan (and microbatches in another) it reports a fraction of the work. Here every
+computation gets a multiplicity, how often it runs per step: the entry 1; a while body and
+condition the trip count of their loop times the while's own multiplicity; fusions, calls,
+reductions and async wrappers their caller's. Collectives and matmul FLOPs are summed with
+those multiplicities.
+
+Trip counts come from a while's known_trip_count when XLA records it, else from its
+condition `i < constant(N)` (how lax.scan and fori_loop lower, counting from 0).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+# bytes per element of HLO primitive types
+_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "s32": 4, "u32": 4,
+                "s64": 8, "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3": 1, "f8e4m3b11fnuz": 1, "f8e5m2fnuz": 1,
+                "f8e4m3fnuz": 1, "bf16": 2, "f16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(ENTRY )?%?([^\s(]+) \((.*)\) -> (.*) \{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([^\s=]+) = (.*)$")
+_CALLED = re.compile(r"\b(calls|to_apply|body|condition|branch_computations|async_execution_thread_computation)="
+                     r"(\{[^}]*\}|%?[^,\s}]+)")
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+@dataclasses.dataclass
+class Instruction:
+    name: str
+    shape: str  # e.g. bf16[2,128]{1,0} or a tuple (...)
+    opcode: str
+    operand_text: str  # between the opcode's parentheses
+    attributes: str  # after them
+
+    @property
+    def operands(self) -> list[str]:
+        return re.findall(r"%([^\s,)]+)", self.operand_text)
+
+
+@dataclasses.dataclass
+class Computation:
+    name: str
+    shapes: dict[str, str]  # parameter or instruction name -> its shape text
+    instructions: list[Instruction]
+    entry: bool
+
+
+def _balanced(text: str, start: int) -> int:
+    """Index just past the bracket group opening at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] in "({[":
+            depth += 1
+        elif text[i] in ")}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ValueError(f"unbalanced brackets in HLO: {text[start:start + 80]}")
+
+
+def _parse_instruction(line: str) -> Instruction | None:
+    m = _INSTRUCTION.match(line)
+    if not m:
+        return None
+    name, rest = m.group(1), m.group(2)
+    end = _balanced(rest, 0) if rest.startswith("(") else rest.find(" ")
+    if end < 0:
+        return None
+    shape, rest = rest[:end], rest[end:].lstrip()
+    op = re.match(r"([a-z][\w-]*)\(", rest)
+    if not op:
+        return None
+    close = _balanced(rest, op.end() - 1)
+    return Instruction(name, shape, op.group(1), rest[op.end():close - 1], rest[close:])
+
+
+def parse(text: str) -> dict[str, Computation]:
+    """HLO module text -> computations by name."""
+    comps: dict[str, Computation] = {}
+    current: Computation | None = None
+    for line in text.splitlines():
+        if current is None:
+            h = _HEADER.match(line)
+            if h:
+                params = {p.group(1): p.group(2)
+                          for p in re.finditer(r"([\w.\-]+): (\([^)]*\)|[^\s,()]+)", h.group(3))}
+                current = Computation(h.group(2), params, [], bool(h.group(1)))
+            continue
+        if line.rstrip() == "}":  # a custom call's backend config may span lines starting with }
+            comps[current.name] = current
+            current = None
+            continue
+        inst = _parse_instruction(line)
+        if inst is not None:
+            current.instructions.append(inst)
+            current.shapes[inst.name] = inst.shape
+    return comps
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of an array or tuple shape text (layouts ignored)."""
+    total = 0.0
+    for dtype, dims in _ARRAY.findall(shape):
+        total += _DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+    return int(total)
+
+
+def dims(shape: str) -> list[int]:
+    """The dimensions of the first array in a shape text."""
+    m = _ARRAY.search(shape)
+    return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+def _trip_count(inst: Instruction, comps: dict[str, Computation]) -> int:
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', inst.attributes)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"condition=%?([^,\s}]+)", inst.attributes)
+    comp = comps.get(cond.group(1)) if cond else None
+    if comp is None:
+        return 1
+    constants = {i.name: int(i.operand_text) for i in comp.instructions
+                 if i.opcode == "constant" and re.fullmatch(r"-?\d+", i.operand_text.strip())}
+    for i in comp.instructions:
+        if i.opcode == "compare" and "direction=LT" in i.attributes:
+            values = [constants[o] for o in i.operands if o in constants]
+            if values:
+                return max(values[0], 0)
+    return 1
+
+
+def multiplicities(comps: dict[str, Computation]) -> dict[str, int]:
+    """Computation name -> how many times it runs per execution of the entry."""
+    entry = next(c for c in comps.values() if c.entry)
+    counts: dict[str, int] = collections.defaultdict(int)
+
+    def visit(name: str, times: int) -> None:
+        if name not in comps or times == 0:
+            return
+        counts[name] += times
+        for inst in comps[name].instructions:
+            factor = _trip_count(inst, comps) if inst.opcode == "while" else 1
+            for _, called in _CALLED.findall(inst.attributes):
+                for callee in re.findall(r"%?([^,\s{}%]+)", called):
+                    visit(callee, times * factor)
+
+    visit(entry.name, 1)
+    return dict(counts)
+
+
+def _group_size(attributes: str, num_devices: int) -> int:
+    """Devices in one replica group of a collective."""
+    groups = re.search(r"replica_groups=\{\{([^}]*)\}", attributes)
+    if groups:
+        return len(groups.group(1).split(","))
+    iota = re.search(r"replica_groups=\[([\d,]+)\]<=", attributes)
+    if iota:
+        return int(iota.group(1).split(",")[-1])
+    mesh = re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", attributes)
+    if mesh:
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", mesh.group(1)))
+        return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", mesh.group(2)))
+    pairs = re.search(r"source_target_pairs=\{(.*?)\}\}?", attributes)
+    if pairs:
+        return 2
+    return num_devices
+
+
+@dataclasses.dataclass
+class Collective:
+    kind: str  # all-gather | reduce-scatter | all-reduce | all-to-all | collective-permute
+    count: int = 0  # executions per step
+    bytes: int = 0  # per device per step: the full (unsharded) array each execution moves
+    wire_bytes: float = 0.0  # what one device sends per step with ring algorithms
+
+
+def collectives(comps: dict[str, Computation], num_devices: int) -> dict[str, Collective]:
+    """Per kind: executions, bytes (all-gather: its output, reduce-scatter: its input,
+    others: their operand) and wire bytes per device ((g - 1) / g of that, twice for
+    all-reduce, g the group size) per step. XLA on TPU writes a reduce-scatter as an
+    all-reduce inside a computation named all-reduce-scatter*: counted as reduce-scatter."""
+    times = multiplicities(comps)
+    out: dict[str, Collective] = {}
+    for comp in comps.values():
+        n = times.get(comp.name, 0)
+        if not n:
+            continue
+        for inst in comp.instructions:
+            op = inst.opcode.removesuffix("-start")
+            if op not in COLLECTIVES or inst.opcode.endswith("-done"):
+                continue
+            if op == "all-reduce" and comp.name.startswith("all-reduce-scatter"):
+                op = "reduce-scatter"
+            operand_bytes = sum(array_bytes(comp.shapes.get(o, "")) for o in inst.operands)
+            result_bytes = array_bytes(_result_shape(inst))
+            size = result_bytes if op == "all-gather" else operand_bytes or result_bytes
+            g = _group_size(inst.attributes, num_devices)
+            wire = size * (g - 1) / g * (2 if op == "all-reduce" else 1) if g > 1 else 0.0
+            if op == "collective-permute":
+                wire = size
+            entry = out.setdefault(op, Collective(op))
+            entry.count += n
+            entry.bytes += n * size
+            entry.wire_bytes += n * wire
+    return out
+
+
+def _result_shape(inst: Instruction) -> str:
+    """An async collective's start returns (operand, result, ...): its result part."""
+    if inst.shape.startswith("(") and inst.opcode.endswith("-start"):
+        arrays = _ARRAY.findall(inst.shape)
+        if len(arrays) >= 2:
+            dtype, d = arrays[1]
+            return f"{dtype}[{d}]"
+    return inst.shape
+
+
+def _real_taps(size: int, window: int, lo: int, hi: int, stride: int = 1, lhs_dilation: int = 1,
+               rhs_dilation: int = 1) -> int:
+    """(output position, window tap) pairs of one spatial dim that read real input, not
+    padding or the holes of a dilated input. XLA on TPU writes some dots as convolutions
+    whose padded or dilated window lands on one real element per output (a head or batch
+    axis as a spatial dim): only those taps are work."""
+    dilated = (size - 1) * lhs_dilation + 1
+    out = (dilated + lo + hi - (window - 1) * rhs_dilation - 1) // stride + 1
+    if out <= 0:
+        return 0
+    positions = np.arange(out)[:, None] * stride + np.arange(window)[None, :] * rhs_dilation - lo
+    real = (positions >= 0) & (positions < dilated) & (positions % lhs_dilation == 0)
+    return int(real.sum())
+
+
+def _conv_flops(inst: Instruction, comp: Computation) -> float:
+    """2 x multiply-adds of a dot or convolution (the form dots take on TPU)."""
+    ops = inst.operands
+    if len(ops) < 2:
+        return 0.0
+    out = dims(inst.shape)
+    lhs, rhs = dims(comp.shapes.get(ops[0], "")), dims(comp.shapes.get(ops[1], ""))
+    if inst.opcode == "dot":
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst.attributes)
+        k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 1
+        return 2.0 * math.prod(out) * k
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", inst.attributes)
+    if not labels or len(labels.group(1)) != len(lhs) or len(labels.group(2)) != len(rhs):
+        return 0.0
+    lhs_l, rhs_l, out_l = labels.groups()
+    window = re.search(r"window=\{([^}]*)\}", inst.attributes)
+    spec = window.group(1) if window else ""
+    field = lambda key: re.search(key + r"=([\dx_]+)", spec)  # noqa: E731
+    size = [int(v) for v in field("size").group(1).split("x")] if field("size") else []
+    pads = [tuple(map(int, p.split("_"))) for p in field("pad").group(1).split("x")] if field("pad") else []
+    ints = lambda key: [int(v) for v in field(key).group(1).split("x")] if field(key) else []  # noqa: E731
+    strides, lhs_dilation, rhs_dilation = ints("stride"), ints("lhs_dilate"), ints("rhs_dilate")
+    macs = float(out[out_l.index("b")] * out[out_l.index("f")] * rhs[rhs_l.index("i")])
+    for d in range(len(size)):
+        lo, hi = pads[d] if d < len(pads) else (0, 0)
+        at = lambda values: values[d] if d < len(values) else 1  # noqa: E731
+        macs *= _real_taps(lhs[lhs_l.index(str(d))], size[d], lo, hi, at(strides), at(lhs_dilation),
+                           at(rhs_dilation))
+    return 2.0 * macs
+
+
+def matmul_flops(comps: dict[str, Computation]) -> float:
+    """FLOPs of every dot and convolution per step, each counted as often as it runs."""
+    times = multiplicities(comps)
+    total = 0.0
+    for comp in comps.values():
+        n = times.get(comp.name, 0)
+        if not n:
+            continue
+        for inst in comp.instructions:
+            if inst.opcode in ("dot", "convolution"):
+                total += n * _conv_flops(inst, comp)
+    return total
+
+
+def custom_calls(comps: dict[str, Computation]) -> dict[str, int]:
+    """custom-call targets (Pallas/Mosaic kernels among them) -> executions per step."""
+    times = multiplicities(comps)
+    out: dict[str, int] = collections.Counter()
+    for comp in comps.values():
+        for inst in comp.instructions:
+            if inst.opcode == "custom-call" and times.get(comp.name):
+                target = re.search(r'custom_call_target="([^"]+)"', inst.attributes)
+                out[target.group(1) if target else "?"] += times[comp.name]
+    return dict(out)

@@ -1,0 +1,143 @@
+"""plan --compile: the real train step compiled by libtpu for TPU slices, on this CPU machine.
+
+A few layers with real head dims (128) keep each compile to seconds; the 10.7B compiles live
+in the benchmark (python -m solar_jax.bench --config=configs/bench.py:tpu).
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_command
+from solar_jax.models.config import ModelConfig
+from solar_jax.training import compiled_plan, hlo_stats, tpu
+from solar_jax.training.run_config import base_config
+
+# Mistral's head layout at a small width: 8 query heads of 128 over 2 kv heads.
+SMALL = ModelConfig(model_type="mistral", vocab_size=4096, hidden_size=1024, intermediate_size=3584, num_layers=3,
+                    num_heads=8, num_kv_heads=2, head_dim=128, sliding_window=256, max_position_embeddings=4096)
+
+
+def _config(**kw):
+    c = base_config()
+    c.batch_size, c.seq_len, c.dtype, c.remat = 8, 512, "bfloat16", "dots_no_batch"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+@pytest.mark.parametrize("device,chips,topology", [("tpu-v5p", 4, "v5p:2x2x1"), ("tpu-v5e", 4, "v5e:2x2")])
+def test_fsdp_step_compiles_with_mosaic_splash_and_gathers_weights(device, chips, topology):
+    c = _config()
+    p = compiled_plan.compile_plan(c, SMALL, device, chips)
+    assert p.topology == topology and p.mesh == (1, chips, 1) and p.kernel == "splash"
+    assert p.memory["temporaries"] > 0 and p.memory["arguments"] > 0 and p.fits
+    # Mosaic compiled the kernel (a custom call), not Pallas's interpret mode (plain HLO loops).
+    assert p.kernel_flops > 0
+    # FSDP: the layers' weights all-gathered in bf16 (forward, and again for the backward),
+    # their gradients reduce-scattered (XLA combines some into one op: bytes, not counts);
+    # no all-reduce moves anything the size of a weight.
+    counts = SMALL.param_counts()
+    layer_bytes = 2 * (counts["layers.attn"] + counts["layers.mlp"])
+    assert p.collectives["all-gather"].bytes >= 2 * layer_bytes
+    assert p.collectives["reduce-scatter"].bytes >= layer_bytes
+    smallest_weight = 2 * SMALL.num_kv_heads * SMALL.head_dim * SMALL.hidden_size  # k in bf16
+    all_reduce = p.collectives.get("all-reduce", hlo_stats.Collective("all-reduce"))
+    assert all_reduce.bytes < smallest_weight, all_reduce
+    assert "ESTIMATE (a cost model, not a measurement)" in p.report()
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_flops_of_the_scanned_step_equal_the_analytic_count(remat):
+    # Dense attention: every matmul is in the HLO, each counted as often as its loop runs.
+    c = _config(remat=remat, attention_impl="xla", grad_accum_steps=2)
+    p = compiled_plan.compile_plan(c, SMALL, "tpu-v5p", 4)
+    analytic = sum(p.analytic.values()) / p.chips
+    assert p.kernel_flops == 0
+    assert abs(p.hlo_flops / analytic - 1) < 0.05, (p.hlo_flops, analytic)
+    # what cost_analysis alone reports: the scanned layers' and microbatches' bodies once
+    assert p.xla_cost["flops"] < 0.6 * p.hlo_flops
+
+
+def test_hlo_trip_counts_and_collective_bytes():
+    text = """HloModule m
+
+%body (p: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
+  %p = (s32[], f32[8,16]) parameter(0)
+  %x = f32[2,16]{1,0} get-tuple-element(%p), index=1
+  %ag = f32[8,16]{1,0} all-gather(%x), replica_groups=[1,4]<=[4], dimensions={0}
+  %d = f32[8,8]{1,0} dot(%ag, %ag), lhs_contracting_dims={1}, rhs_contracting_dims={1}
+  ROOT %t = (s32[], f32[8,16]) tuple(%i, %ag)
+}
+
+%cond (p: (s32[], f32[8,16])) -> pred[] {
+  %p = (s32[], f32[8,16]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(12)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: f32[8,16]) -> f32[8,16] {
+  %a = f32[8,16]{1,0} parameter(0)
+  %w = (s32[], f32[8,16]) while(%t0), condition=%cond, body=%body
+  ROOT %r = f32[8,16]{1,0} all-reduce(%a), replica_groups={{0,1,2,3}}, to_apply=%add
+}
+"""
+    comps = hlo_stats.parse(text)
+    assert hlo_stats.multiplicities(comps)["body"] == 12
+    cols = hlo_stats.collectives(comps, 4)
+    assert cols["all-gather"].count == 12 and cols["all-gather"].bytes == 12 * 8 * 16 * 4
+    assert cols["all-gather"].wire_bytes == pytest.approx(12 * 8 * 16 * 4 * 3 / 4)
+    assert cols["all-reduce"].count == 1 and cols["all-reduce"].wire_bytes == pytest.approx(2 * 512 * 3 / 4)
+    assert hlo_stats.matmul_flops(comps) == 12 * 2 * 8 * 8 * 16
+
+
+def test_topology_names():
+    assert tpu.topology_name("tpu-v5p", 64) == "v5p:4x4x4"
+    assert tpu.topology_name("tpu-v6e", 256) == "v6e:16x16"
+    assert tpu.topology_name("tpu-v4", 64) == "v4:4x4x4"
+    with pytest.raises(Exception, match="no v5p slice of 3 chips"):
+        tpu.topology_name("tpu-v5p", 3)
+    with pytest.raises(Exception, match="needs a TPU slice"):
+        tpu.topology_name("h100", 8)
+
+
+def _one_line_exit_2(r):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_plan_compile_bad_input_is_one_line():
+    base = ["solar_jax.plan", "--config=configs/cpt.py:tiny", "--config.seq_len=128", "--compile"]
+    r = run_command(*base, "--device=v5p-6")  # 3 chips: no such slice
+    _one_line_exit_2(r)
+    assert "3 chips" in r.stderr
+    r = run_command(*base, "--device=h100", "--num_devices=8")
+    _one_line_exit_2(r)
+    r = run_command(*base, "--device=v5p-8", "--config.mesh.data=1", "--config.mesh.fsdp=3")
+    _one_line_exit_2(r)
+    r = run_command(*base, "--device=v5p-8", "--config.batch_size=6")
+    _one_line_exit_2(r)
+
+
+def test_plan_compile_without_libtpu_is_one_line():
+    # A CPU machine without jax's tpu extra: the lookup of libtpu finds nothing.
+    code = ("import runpy, sys; import solar_jax.training.tpu as t; t.libtpu_available = lambda: False; "
+            "sys.argv = ['plan', '--config=configs/cpt.py:tiny', '--config.seq_len=128', '--device=v5p-8', "
+            "'--compile']; runpy.run_module('solar_jax.plan', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, XLA_FLAGS=""))
+    _one_line_exit_2(r)
+    assert "libtpu" in r.stderr and "jax[tpu]" in r.stderr
+
+
+def test_plan_compile_command_reports_the_compiled_step():
+    r = run_command("solar_jax.plan", "--config=configs/cpt.py:tiny", "--config.seq_len=128",
+                    "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--device=v5p-8", "--compile")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for text in ("compiled for v5p:2x2x1", "XLA memory per chip", "temporaries", "all-gather", "FLOPs per chip",
+                 "ESTIMATE (a cost model, not a measurement)", "MFU"):
+        assert text in r.stdout, text
