@@ -4,6 +4,8 @@
   python -m solar_jax.plan --config=configs/cpt.py --device=h100 --num_devices=8
   # the real train step compiled for the slice by the TPU compiler (libtpu; no TPU needed)
   python -m solar_jax.plan --config=configs/cpt.py:solar --config.model_preset=mistral-7b --device=v5p-128 --compile
+  # compile candidate meshes, remat policies and microbatch counts; print the best's overrides
+  python -m solar_jax.plan --config=configs/cpt.py:solar --config.model_preset=mistral-7b --device=v5p-128 --search
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from absl import flags
 from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.training import tpu
-from solar_jax.training.compiled_plan import compile_plan
+from solar_jax.training import compiled_plan
 from solar_jax.training.plan import parse_device, plan
 from solar_jax.training.run_config import validate
 from solar_jax.training.state import resolve_model, trainable_mask
@@ -25,11 +27,16 @@ def define() -> None:
     flags.DEFINE_integer("num_devices", 0, "devices (not needed for a TPU slice name)")
     flags.DEFINE_bool("compile", False, "compile the train step for the TPU slice with libtpu and report "
                       "XLA's memory, collectives, FLOPs and a step-time estimate")
+    flags.DEFINE_bool("search", False, "compile candidate meshes, remat policies and microbatch counts for the "
+                      "TPU slice; print a table and the --config overrides of the best that fits")
+    flags.DEFINE_integer("search_limit", 8, "candidates compiled by --search (the fast planner orders them)")
 
 
 def main(c) -> None:
     device, count = parse_device(flags.FLAGS.device, flags.FLAGS.num_devices)
-    if flags.FLAGS.compile:
+    if flags.FLAGS.search_limit <= 0:
+        raise SolarError(f"--search_limit must be positive, got {flags.FLAGS.search_limit}")
+    if flags.FLAGS.compile or flags.FLAGS.search:
         tpu.topology_name(device, count)  # a slice libtpu can describe, before any work
         tpu.compile_host_env(device)  # before jax starts its backends below
         if not tpu.libtpu_available():
@@ -41,13 +48,32 @@ def main(c) -> None:
     print(f"model: {source.config.num_layers} layers, {source.config.num_params() / 1e9:.2f}B params; batch "
           f"{c.batch_size} x {c.seq_len}, grad_accum_steps={c.grad_accum_steps}, dtype {c.dtype}, remat {c.remat}")
     print(p.report())
-    if flags.FLAGS.compile:
-        compiled = compile_plan(c, source.config, device, count, trainable_mask(source))
+    if flags.FLAGS.search:
+        _search(c, source, device, count)
+    elif flags.FLAGS.compile:
+        compiled = compiled_plan.compile_plan(c, source.config, device, count, trainable_mask(source))
         print(compiled.report())
         if not compiled.fits:
             raise SystemExit(1)
     elif p.fits is False:
         raise SystemExit(1)
+
+
+def _search(c, source, device: str, count: int) -> None:
+    candidates = compiled_plan.search_candidates(c, source.config, device, count)
+    if not candidates:
+        raise SolarError(f"no mesh, remat and microbatch count the planner expects to fit {count} x {device}; "
+                         "lower batch_size or seq_len, or take a larger slice")
+    limit = flags.FLAGS.search_limit
+    print(f"search: {len(candidates)} candidates the planner expects to fit; compiling the first {min(limit, len(candidates))}")
+    done = compiled_plan.search(c, source.config, device, count, limit, trainable_mask(source))
+    print(compiled_plan.search_table(done))
+    print("(step time, tokens/s and MFU are ESTIMATES from a cost model, not measurements)")
+    winner = compiled_plan.best(done)
+    if winner is None:
+        print("none of the compiled candidates fits")
+        raise SystemExit(1)
+    print(f"best: {winner.flags()}")
 
 
 if __name__ == "__main__":

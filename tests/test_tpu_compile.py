@@ -5,6 +5,7 @@ in the benchmark (python -m solar_jax.bench --config=configs/bench.py:tpu).
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -141,3 +142,19 @@ def test_plan_compile_command_reports_the_compiled_step():
     for text in ("compiled for v5p:2x2x1", "XLA memory per chip", "temporaries", "all-gather", "FLOPs per chip",
                  "ESTIMATE (a cost model, not a measurement)", "MFU"):
         assert text in r.stdout, text
+
+
+def test_search_compiles_candidates_and_prints_the_best_overrides():
+    r = run_command("solar_jax.plan", "--config=configs/cpt.py:tiny", "--config.seq_len=128", "--device=v5p-8",
+                    "--search", "--search_limit=2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [line for line in r.stdout.splitlines() if re.match(r"\| \d+ x \d+ x \d+ \|", line)]
+    assert len(rows) == 2 and "ESTIMATES from a cost model" in r.stdout
+    best = next(line for line in r.stdout.splitlines() if line.startswith("best: "))
+    overrides = dict(flag.removeprefix("--config.").split("=") for flag in best.removeprefix("best: ").split())
+    assert set(overrides) == {"mesh.data", "mesh.fsdp", "mesh.tensor", "remat", "grad_accum_steps"}
+    data, fsdp, tensor = (int(overrides[f"mesh.{k}"]) for k in ("data", "fsdp", "tensor"))
+    assert data * fsdp * tensor == 4
+    bad = run_command("solar_jax.plan", "--config=configs/cpt.py:tiny", "--device=v5p-8", "--search",
+                      "--search_limit=0")
+    _one_line_exit_2(bad)

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import jax
 from flax import nnx
 
+from solar_jax.errors import SolarError
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
 from solar_jax.training import hlo_stats, sharding, tpu
+from solar_jax.training import plan as plan_lib
+from solar_jax.training.run_config import validate
 from solar_jax.training.state import state_layout
 from solar_jax.training.step import lower_train_step, model_options, objective_for
 from solar_jax.training.task_data import batch_fields
@@ -166,3 +170,92 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
                         hlo_stats.matmul_flops(comps), kernel_flops, analytic,
                         c.batch_size * c.seq_len * (2 if c.task == "dpo" else 1),
                         {k: float(v) for k, v in cost.items() if k in ("flops", "optimal_seconds", "bytes accessed")})
+
+
+# ---- --search: candidate settings for a slice, compiled and ranked -------------------------
+
+REMAT_ORDER = ("none", "dots", "dots_no_batch", "full")  # less recomputation first
+
+
+@dataclasses.dataclass
+class Candidate:
+    overrides: dict[str, Any]  # config keys -> values, as --config.KEY=VALUE
+    planned_bytes: int  # the fast planner's per-chip total
+    compiled: CompiledPlan | None = None
+
+    def flags(self) -> str:
+        return " ".join(f"--config.{k}={v}" for k, v in self.overrides.items())
+
+
+def with_overrides(c, overrides: dict[str, Any]):
+    out = c.copy_and_resolve_references()
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
+def search_candidates(c, config: ModelConfig, device: str, chips: int) -> list[Candidate]:
+    """Meshes (all FSDP, two-way data parallel, 2-8-way tensor parallel where heads divide),
+    remat policies and microbatch counts that validate; the fast planner drops those it says
+    cannot fit even with 20% to spare, and orders the rest: less recomputation, fewer
+    microbatches and less tensor parallelism first (less work and communication per token)."""
+    meshes = []
+    for tensor in (1, 2, 4, 8):
+        if chips % tensor or config.num_kv_heads % tensor or config.num_heads % tensor:
+            continue
+        for data in (1, 2):
+            if chips % (data * tensor) == 0:
+                meshes.append((data, chips // (data * tensor), tensor))
+    out = []
+    for (data, fsdp, tensor) in meshes:
+        for remat in REMAT_ORDER:
+            for accum in (1, 2, 4, 8, 16):
+                overrides = {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor, "remat": remat,
+                             "grad_accum_steps": accum}
+                trial = with_overrides(c, overrides)
+                try:
+                    validate(trial, chips)
+                except SolarError:
+                    continue
+                p = plan_lib.plan(trial, config, device, chips)
+                if p.total > 1.2 * p.capacity:
+                    continue
+                out.append(Candidate(overrides, p.total))
+    out.sort(key=lambda k: (REMAT_ORDER.index(k.overrides["remat"]), k.overrides["grad_accum_steps"],
+                            k.overrides["mesh.tensor"], k.overrides["mesh.data"]))
+    return out
+
+
+def search(c, config: ModelConfig, device: str, chips: int, limit: int, trainable: dict | None = None,
+           progress=print) -> list[Candidate]:
+    """Compiles up to `limit` candidates in search_candidates' order; returns those compiled."""
+    compiled = []
+    for cand in search_candidates(c, config, device, chips)[:limit]:
+        cand.compiled = compile_plan(with_overrides(c, cand.overrides), config, device, chips, trainable)
+        progress(f"  compiled {cand.flags()}: {cand.compiled.peak_bytes / GiB:.2f} GiB per chip, "
+                 f"estimated step {cand.compiled.estimate()['step_seconds']:.3f}s", flush=True)
+        compiled.append(cand)
+    return compiled
+
+
+def best(candidates: list[Candidate]) -> Candidate | None:
+    """The fitting candidate with the highest estimated tokens/s per chip."""
+    fitting = [k for k in candidates if k.compiled is not None and k.compiled.fits]
+    return max(fitting, key=lambda k: k.compiled.estimate()["tokens_per_second_per_chip"], default=None)
+
+
+def search_table(candidates: list[Candidate]) -> str:
+    lines = ["| mesh (data x fsdp x tensor) | remat | microbatches | planner GiB | compiled GiB | fits "
+             "| est. step s | est. tokens/s/chip | est. MFU |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for k in candidates:
+        o, p = k.overrides, k.compiled
+        e = p.estimate()
+        lines.append(f"| {o['mesh.data']} x {o['mesh.fsdp']} x {o['mesh.tensor']} | {o['remat']} | "
+                     f"{o['grad_accum_steps']} | {k.planned_bytes / GiB:.1f} | {p.peak_bytes / GiB:.1f} | "
+                     f"{'yes' if p.fits else 'no'} | {e['step_seconds']:.3f} | {e['tokens_per_second_per_chip']:,.0f} "
+                     f"| {e['mfu']:.1%} |")
+    return "\n".join(lines)

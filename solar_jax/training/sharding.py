@@ -89,6 +89,14 @@ def param_shardings(flat_shapes: dict[str, Sequence[int]], mesh: Mesh) -> dict[s
     return out
 
 
+def layer_weight_specs(flat_shapes: dict[str, Sequence[int]], mesh) -> dict[str, P]:
+    """One scanned layer's weights ("attn/q" -> spec without the layers axis), split as the
+    stacked params are: what model_lib.layer_weight_specs keeps them (and their gradients) at.
+    mesh: a Mesh or the AbstractMesh of a trace."""
+    return {path.removeprefix("layers/"): spec_for(PARAM_AXES[path][1:], shape[1:], mesh)
+            for path, shape in flat_shapes.items() if path.startswith("layers/")}
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Batches [B, ...]: B split over data x fsdp, the other axes whole."""
     logical = ("batch",) + (None,) * (ndim - 1)

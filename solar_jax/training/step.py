@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from solar_jax.models import attention
+from solar_jax.models import transformer as model_lib
 from solar_jax.training import data as data_lib
 from solar_jax.training import sft_data, sharding
 from solar_jax.training.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
@@ -69,7 +70,15 @@ def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None
             total, metrics = objective.loss(p, mb, ref)
             return total / denom, {k: v / denom for k, v in metrics.items()}
 
-        grad_fn = jax.value_and_grad(micro, has_aux=True)
+        value_and_grad = jax.value_and_grad(micro, has_aux=True)
+        mesh = jax.sharding.get_abstract_mesh()
+        specs = None if mesh.empty else sharding.layer_weight_specs(
+            {k: v.shape for k, v in model_lib.flat_params(params).items()}, mesh)
+
+        def grad_fn(p, mb):
+            with model_lib.layer_weight_specs(specs):  # per-layer gradients reduce-scattered in the loop
+                return value_and_grad(p, mb)
+
         if accum == 1:
             (loss, metrics), grads = grad_fn(params, batch)
         else:
