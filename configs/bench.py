@@ -6,7 +6,7 @@
 
 import ml_collections
 
-BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan", "data")
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan", "plan_tpu", "tpu", "data")
 
 
 def get_config(arg=None):
@@ -39,6 +39,15 @@ def get_config(arg=None):
         c.requests = "choices"  # choices (4 share a context) | distinct (nothing shared)
         c.batch_size = 16
         c.pairs = 2  # back-to-back solar_jax / lm-eval pairs
+    if arg == "plan_tpu":
+        c.device = "v5p-8"  # the slice the sample steps are compiled for
+        c.fit = False  # also print the fitted TPU_ACTIVATION_COEFFICIENTS
+    if arg == "tpu":
+        c.slices = "v5p-128,v4-128,v5e-256,v6e-256"
+        c.tasks = "cpt,sft,dpo"
+        c.overrides = ""  # KEY=VALUE,... applied to every task's config, e.g. remat=full
+        c.search = False  # then plan --search on the first task and slice
+        c.search_limit = 6
     if arg == "data":
         c.model_dir = ""  # whose tokenizer; "" = the real model's
         c.documents = 4000  # the built-in corpus's pieces, repeated

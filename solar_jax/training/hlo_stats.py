@@ -186,9 +186,11 @@ def collectives(comps: dict[str, Computation], num_devices: int) -> dict[str, Co
     """Per kind: executions, bytes (all-gather: its output, reduce-scatter: its input,
     others: their operand) and wire bytes per device ((g - 1) / g of that, twice for
     all-reduce, g the group size) per step. XLA on TPU writes a reduce-scatter as an
-    all-reduce inside a computation named all-reduce-scatter*: counted as reduce-scatter."""
+    all-reduce inside a computation named all-reduce-scatter*: counted as reduce-scatter.
+    Its async collective fusions clone a collective into several computations (start and
+    continuation) under one channel_id: each channel is counted once."""
     times = multiplicities(comps)
-    out: dict[str, Collective] = {}
+    seen: dict[str, tuple[str, int, int, float]] = {}  # channel (or instruction) -> kind, times, bytes, wire
     for comp in comps.values():
         n = times.get(comp.name, 0)
         if not n:
@@ -200,16 +202,21 @@ def collectives(comps: dict[str, Computation], num_devices: int) -> dict[str, Co
             if op == "all-reduce" and comp.name.startswith("all-reduce-scatter"):
                 op = "reduce-scatter"
             operand_bytes = sum(array_bytes(comp.shapes.get(o, "")) for o in inst.operands)
-            result_bytes = array_bytes(_result_shape(inst))
-            size = result_bytes if op == "all-gather" else operand_bytes or result_bytes
+            size = array_bytes(_result_shape(inst)) if op == "all-gather" else operand_bytes or array_bytes(inst.shape)
             g = _group_size(inst.attributes, num_devices)
             wire = size * (g - 1) / g * (2 if op == "all-reduce" else 1) if g > 1 else 0.0
             if op == "collective-permute":
                 wire = size
-            entry = out.setdefault(op, Collective(op))
-            entry.count += n
-            entry.bytes += n * size
-            entry.wire_bytes += n * wire
+            channel = re.search(r"channel_id=(\d+)", inst.attributes)
+            key = f"channel {channel.group(1)}" if channel else f"{comp.name}/{inst.name}"
+            if key not in seen or seen[key][1] < n:
+                seen[key] = (op, n, size, wire)
+    out: dict[str, Collective] = {}
+    for op, n, size, wire in seen.values():
+        entry = out.setdefault(op, Collective(op))
+        entry.count += n
+        entry.bytes += n * size
+        entry.wire_bytes += n * wire
     return out
 
 

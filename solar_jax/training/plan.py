@@ -63,6 +63,11 @@ ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
 }
 
 
+# The same model fitted to XLA's TPU compiles (libtpu, plan --compile's path: bf16 compute,
+# splash attention, the commands' libtpu flags). Placeholder until fitted: the CPU table.
+TPU_ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = ACTIVATION_COEFFICIENTS
+
+
 @dataclasses.dataclass
 class Plan:
     device: str
@@ -149,10 +154,9 @@ def state_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int]) -> dic
     return dict(params=param_bytes, optimizer=int(sum(jax.tree.leaves(opt_bytes))))
 
 
-def activation_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int], grad_bytes: int,
-                     flash: bool = False) -> int:
-    """Estimated temporary bytes of the train step per device, gradients included (see
-    ACTIVATION_COEFFICIENTS)."""
+def activation_terms(c, config: ModelConfig, mesh_shape: tuple[int, int, int], grad_bytes: int,
+                     flash: bool = False) -> dict[str, float]:
+    """The terms of the activation model (see ACTIVATION_COEFFICIENTS), in bytes per device."""
     data, fsdp, tensor = mesh_shape
     rows = max(c.batch_size // c.grad_accum_steps // (data * fsdp), 1)
     rows *= 2 if c.task == "dpo" else 1  # chosen and rejected
@@ -173,8 +177,17 @@ def activation_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int], g
                  c0=2**20)
     if flash:  # fused kernels keep no [T, T] probabilities
         terms["s"] = terms["s1"] = 0
-    k = ACTIVATION_COEFFICIENTS[c.remat]
-    return int(sum(k[name] * value for name, value in terms.items()))
+    return terms
+
+
+def activation_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int], grad_bytes: int,
+                     flash: bool = False, platform: str = "cpu") -> int:
+    """Estimated temporary bytes of the train step per device, gradients included (see
+    ACTIVATION_COEFFICIENTS; TPU_ACTIVATION_COEFFICIENTS on TPU)."""
+    table = TPU_ACTIVATION_COEFFICIENTS if platform == "tpu" else ACTIVATION_COEFFICIENTS
+    k = table[c.remat]
+    return int(sum(k[name] * value for name, value in activation_terms(c, config, mesh_shape, grad_bytes,
+                                                                        flash).items()))
 
 
 def plan(c, config: ModelConfig, device: str = "cpu", num_devices: int = 1, num_local_devices: int | None = None,
@@ -187,7 +200,7 @@ def plan(c, config: ModelConfig, device: str = "cpu", num_devices: int = 1, num_
 
     platform = "tpu" if device.startswith("tpu") else "cpu" if device == "cpu" else "gpu"
     flash = attention.resolve(c.attention_impl, platform) in attention.FLASH_IMPLS
-    per["activations"] = max(activation_bytes(c, config, mesh_shape, grads, flash) - grads, 0)
+    per["activations"] = max(activation_bytes(c, config, mesh_shape, grads, flash, platform) - grads, 0)
     if c.task == "dpo" and c.dpo.reference == "frozen":
         per["reference"] = per["params"]  # the frozen copy of the initial params
     if capacity is None:
