@@ -4,6 +4,7 @@ A few layers with real head dims (128) keep each compile to seconds; the 10.7B c
 in the benchmark (python -m solar_jax.bench --config=configs/bench.py:tpu).
 """
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -51,6 +52,17 @@ def test_fsdp_step_compiles_with_mosaic_splash_and_gathers_weights(device, chips
     assert "ESTIMATE (a cost model, not a measurement)" in p.report()
 
 
+def test_splash_at_seq_4096_with_a_sliding_window_and_packed_rows_compiles_with_mosaic():
+    # segment ids are step inputs: packed rows; SMALL has Mistral's sliding window (256 here).
+    config = dataclasses.replace(SMALL, num_layers=1)
+    c = _config(seq_len=4096, batch_size=4)
+    p = compiled_plan.compile_plan(c, config, "tpu-v5p", 4)
+    assert p.kernel == "splash" and p.kernel_flops > 0 and p.fits
+    # the kernel skips blocks outside the window: far fewer attention FLOPs than causal
+    causal = compiled_plan.analytic_step_flops(c, dataclasses.replace(config, sliding_window=None), "splash")
+    assert p.analytic["attention"] < 0.4 * causal["attention"]
+
+
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_flops_of_the_scanned_step_equal_the_analytic_count(remat):
     # Dense attention: every matmul is in the HLO, each counted as often as its loop runs.
@@ -90,7 +102,8 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
     comps = hlo_stats.parse(text)
     assert hlo_stats.multiplicities(comps)["body"] == 12
     cols = hlo_stats.collectives(comps, 4)
-    assert cols["all-gather"].count == 12 and cols["all-gather"].bytes == 12 * 8 * 16 * 4
+    assert cols["all-gather"].ops == 1 and cols["all-gather"].count == 12
+    assert cols["all-gather"].bytes == 12 * 8 * 16 * 4
     assert cols["all-gather"].wire_bytes == pytest.approx(12 * 8 * 16 * 4 * 3 / 4)
     assert cols["all-reduce"].count == 1 and cols["all-reduce"].wire_bytes == pytest.approx(2 * 512 * 3 / 4)
     assert hlo_stats.matmul_flops(comps) == 12 * 2 * 8 * 8 * 16

@@ -133,7 +133,7 @@ class CompiledPlan:
         for kind in hlo_stats.COLLECTIVES:
             if kind in self.collectives:
                 col = self.collectives[kind]
-                lines.append(f"  {kind:18s} {col.count:6d} ops {col.bytes / GiB:9.3f} GiB "
+                lines.append(f"  {kind:18s} {col.ops:4d} ops run {col.count:6d} times {col.bytes / GiB:9.3f} GiB "
                              f"(on the wire {col.wire_bytes / GiB:.3f} GiB)")
         analytic = sum(self.analytic.values()) / self.chips
         lines.append(f"FLOPs per chip per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + attention "

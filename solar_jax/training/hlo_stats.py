@@ -177,6 +177,7 @@ def _group_size(attributes: str, num_devices: int) -> int:
 @dataclasses.dataclass
 class Collective:
     kind: str  # all-gather | reduce-scatter | all-reduce | all-to-all | collective-permute
+    ops: int = 0  # in the HLO text (one per channel)
     count: int = 0  # executions per step
     bytes: int = 0  # per device per step: the full (unsharded) array each execution moves
     wire_bytes: float = 0.0  # what one device sends per step with ring algorithms
@@ -214,6 +215,7 @@ def collectives(comps: dict[str, Computation], num_devices: int) -> dict[str, Co
     out: dict[str, Collective] = {}
     for op, n, size, wire in seen.values():
         entry = out.setdefault(op, Collective(op))
+        entry.ops += 1
         entry.count += n
         entry.bytes += n * size
         entry.wire_bytes += n * wire
