@@ -52,9 +52,10 @@ def get_config(arg=None):
         c.warmup_steps = 500
         c.dtype = "bfloat16"
         c.remat = "dots_no_batch"
-        # 4 microbatches of 4 rows per chip: ~55 GiB of a v5p chip's 95 with splash attention
-        # (python -m solar_jax.plan --config=configs/cpt.py:solar --config.model_preset=mistral-7b
-        # --device=v5p-128); one batch of 16 rows would need ~205 GiB.
+        # 4 microbatches of 4 rows per chip: 72.5 GiB of a v5p chip's 95 with splash attention,
+        # compiled by libtpu (python -m solar_jax.plan --config=configs/cpt.py:solar
+        # --config.model_preset=mistral-7b --device=v5p-128 --compile); one batch of 16 rows
+        # would need ~273 GiB.
         c.grad_accum_steps = 4
         c.mesh.data = 1
         c.mesh.fsdp = -1

@@ -148,11 +148,14 @@ def test_plan_compile_without_libtpu_is_one_line():
     assert "libtpu" in r.stderr and "jax[tpu]" in r.stderr
 
 
-def test_plan_compile_command_reports_the_compiled_step():
+@pytest.mark.parametrize("slice_name,topology", [("v5p-8", "v5p:2x2x1"), ("v4-8", "v4:2x2x1"),
+                                                 ("v6e-4", "v6e:2x2")])
+def test_plan_compile_command_reports_the_compiled_step(slice_name, topology):
     r = run_command("solar_jax.plan", "--config=configs/cpt.py:tiny", "--config.seq_len=128",
-                    "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--device=v5p-8", "--compile")
+                    "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--device={slice_name}", "--compile")
     assert r.returncode == 0, r.stdout + r.stderr
-    for text in ("compiled for v5p:2x2x1", "XLA memory per chip", "temporaries", "all-gather", "FLOPs per chip",
+    assert r.stderr == "", r.stderr  # libtpu told it compiles on a host of its own
+    for text in (f"compiled for {topology}", "XLA memory per chip", "temporaries", "all-gather", "FLOPs per chip",
                  "ESTIMATE (a cost model, not a measurement)", "MFU"):
         assert text in r.stdout, text
 

@@ -117,6 +117,10 @@ def topology_devices(device: str, chips: int) -> list:
     from jax.experimental import topologies
 
     try:
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+        # One device per chip, as jax meshes want and TPU VMs run: v4 and v5p chips' two
+        # TensorCores as one ("megacore"); v5e and v6e chips have one. Hosts of 2 x 2 chips.
+        config = "megacore" if CHIPS[device].dims == 3 else "default"
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu", chip_config_name=config,
+                                                 chips_per_host_bounds=(2, 2, 1), num_slices=1).devices)
     except Exception as e:  # libtpu's own words, in one line
         raise SolarError(f"libtpu could not describe {name}: {str(e).splitlines()[0]}") from None
