@@ -51,7 +51,11 @@ def main(c) -> None:
     if flags.FLAGS.search:
         _search(c, source, device, count)
     elif flags.FLAGS.compile:
-        compiled = compiled_plan.compile_plan(c, source.config, device, count, trainable_mask(source))
+        try:
+            compiled = compiled_plan.compile_plan(c, source.config, device, count, trainable_mask(source))
+        except compiled_plan.DoesNotFit as e:
+            print(f"does NOT fit: {e}")
+            raise SystemExit(1)
         print(compiled.report())
         if not compiled.fits:
             raise SystemExit(1)

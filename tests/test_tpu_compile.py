@@ -174,3 +174,10 @@ def test_search_compiles_candidates_and_prints_the_best_overrides():
     bad = run_command("solar_jax.plan", "--config=configs/cpt.py:tiny", "--device=v5p-8", "--search",
                       "--search_limit=0")
     _one_line_exit_2(bad)
+
+
+def test_a_step_libtpu_cannot_fit_is_reported_not_raised():
+    # SMALL at 64 rows of 4096 per v5e chip (16 GiB): libtpu refuses to compile it.
+    c = _config(seq_len=4096, batch_size=256, remat="none")
+    with pytest.raises(compiled_plan.DoesNotFit, match="v5e:2x2: XLA cannot fit the step"):
+        compiled_plan.compile_plan(c, SMALL, "tpu-v5e", 4)

@@ -50,11 +50,18 @@ def main(c) -> None:
             validate(run, chips)
             source = resolve_model(run)
             fast = plan.plan(run, source.config, device, chips)
-            p = compiled_plan.compile_plan(run, source.config, device, chips)
+            settings = (f"remat {run.remat}, {run.grad_accum_steps} x "
+                        f"{run.batch_size // run.grad_accum_steps // chips} rows/chip, seq {run.seq_len}")
+            try:
+                p = compiled_plan.compile_plan(run, source.config, device, chips)
+            except compiled_plan.DoesNotFit as e:
+                row = f"| {task} | {name} | {settings} | {fast.total / 2**30:.1f} | - | no: {e} | | | | | | | |"
+                rows.append(row)
+                print(row, flush=True)
+                continue
             e = p.estimate()
             gib = lambda kind: p.collectives[kind].bytes / 2**30 if kind in p.collectives else 0.0  # noqa: E731
-            settings = (f"mesh {'x'.join(map(str, p.mesh))}, remat {run.remat}, {run.grad_accum_steps} x "
-                        f"{run.batch_size // run.grad_accum_steps // chips} rows/chip, seq {run.seq_len}")
+            settings = f"mesh {'x'.join(map(str, p.mesh))}, {settings}"
             row = (f"| {task} | {name} | {settings} | {fast.total / 2**30:.1f} | {p.peak_bytes / 2**30:.1f} | "
                    f"{'yes' if p.fits else 'no'} | {gib('all-gather'):.0f} | {gib('reduce-scatter'):.0f} | "
                    f"{gib('all-reduce'):.0f} | {e['step_seconds']:.2f} | {e['tokens_per_second_per_chip']:,.0f} | "

@@ -18,6 +18,7 @@ step-time estimate. The estimate is a model, not a measurement:
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any
 
@@ -36,6 +37,10 @@ from solar_jax.training.step import lower_train_step, model_options, objective_f
 from solar_jax.training.task_data import batch_fields
 
 GiB = 2**30
+
+
+class DoesNotFit(SolarError):
+    """libtpu refused the step: it needs more HBM than a chip has."""
 
 
 def analytic_step_flops(c, config: ModelConfig, kernel: str) -> dict[str, float]:
@@ -159,7 +164,15 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
     with jax.set_mesh(mesh):
         layout = state_layout(c, config, mesh)
         lowered = lower_train_step(c, graphdef, layout, objective_for(c, graphdef), batch_fields(c), mesh, trainable)
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            # XLA on TPU refuses to compile what cannot fit in HBM, saying how much it needs.
+            needs = re.search(r"required for HLO temporaries \(([\d.]+)G\)", str(e))
+            raise DoesNotFit(f"{topology}: XLA cannot fit the step in a chip's HBM"
+                             + (f" (temporaries {needs.group(1)}G)" if needs else "")) from None
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = dict(arguments=stats.argument_size_in_bytes, temporaries=stats.temp_size_in_bytes,
@@ -191,6 +204,7 @@ class Candidate:
     overrides: dict[str, Any]  # config keys -> values, as --config.KEY=VALUE
     planned_bytes: int  # the fast planner's per-chip total
     compiled: CompiledPlan | None = None
+    refused: str = ""  # libtpu's reason when it could not fit the step
 
     def flags(self) -> str:
         return " ".join(f"--config.{k}={v}" for k, v in self.overrides.items())
@@ -244,9 +258,14 @@ def search(c, config: ModelConfig, device: str, chips: int, limit: int, trainabl
     """Compiles up to `limit` candidates in search_candidates' order; returns those compiled."""
     compiled = []
     for cand in search_candidates(c, config, device, chips)[:limit]:
-        cand.compiled = compile_plan(with_overrides(c, cand.overrides), config, device, chips, trainable)
-        progress(f"  compiled {cand.flags()}: {cand.compiled.peak_bytes / GiB:.2f} GiB per chip, "
-                 f"estimated step {cand.compiled.estimate()['step_seconds']:.3f}s", flush=True)
+        try:
+            cand.compiled = compile_plan(with_overrides(c, cand.overrides), config, device, chips, trainable)
+        except DoesNotFit as e:
+            cand.refused = str(e)
+            progress(f"  {cand.flags()}: {e}", flush=True)
+        else:
+            progress(f"  compiled {cand.flags()}: {cand.compiled.peak_bytes / GiB:.2f} GiB per chip, "
+                     f"estimated step {cand.compiled.estimate()['step_seconds']:.3f}s", flush=True)
         compiled.append(cand)
     return compiled
 
@@ -262,6 +281,10 @@ def search_table(candidates: list[Candidate]) -> str:
              "| est. step s | est. tokens/s/chip | est. MFU |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for k in candidates:
         o, p = k.overrides, k.compiled
+        if p is None:
+            lines.append(f"| {o['mesh.data']} x {o['mesh.fsdp']} x {o['mesh.tensor']} | {o['remat']} | "
+                         f"{o['grad_accum_steps']} | {k.planned_bytes / GiB:.1f} | - | no: {k.refused} | | | |")
+            continue
         e = p.estimate()
         lines.append(f"| {o['mesh.data']} x {o['mesh.fsdp']} x {o['mesh.tensor']} | {o['remat']} | "
                      f"{o['grad_accum_steps']} | {k.planned_bytes / GiB:.1f} | {p.peak_bytes / GiB:.1f} | "
