@@ -224,8 +224,7 @@ def with_overrides(c, overrides: dict[str, Any]):
 def search_candidates(c, config: ModelConfig, device: str, chips: int) -> list[Candidate]:
     """Meshes (all FSDP, two-way data parallel, 2-8-way tensor parallel where heads divide),
     remat policies and microbatch counts that validate; the fast planner drops those it says
-    cannot fit even with 20% to spare, and orders the rest: less recomputation, fewer
-    microbatches and less tensor parallelism first (less work and communication per token)."""
+    cannot fit even with 20% to spare."""
     meshes = []
     for tensor in (1, 2, 4, 8):
         if chips % tensor or config.num_kv_heads % tensor or config.num_heads % tensor:
@@ -248,8 +247,11 @@ def search_candidates(c, config: ModelConfig, device: str, chips: int) -> list[C
                 if p.total > 1.2 * p.capacity:
                     continue
                 out.append(Candidate(overrides, p.total))
-    out.sort(key=lambda k: (REMAT_ORDER.index(k.overrides["remat"]), k.overrides["grad_accum_steps"],
-                            k.overrides["mesh.tensor"], k.overrides["mesh.data"]))
+    # Fewest microbatches and the plainest mesh first, each with every remat policy: the
+    # planner's margin decides little (its error on a policy it was not fitted for at this
+    # size can be large), so the first few compiles span the policies.
+    out.sort(key=lambda k: (k.overrides["grad_accum_steps"], k.overrides["mesh.tensor"], k.overrides["mesh.data"],
+                            REMAT_ORDER.index(k.overrides["remat"])))
     return out
 
 
