@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, run_command
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import compiled_plan, hlo_stats, tpu
+from solar_jax.training import compiled_plan, hlo_stats, sharding, tpu
 from solar_jax.training.run_config import base_config
 
 # Mistral's head layout at a small width: 8 query heads of 128 over 2 kv heads.
@@ -181,3 +181,10 @@ def test_a_step_libtpu_cannot_fit_is_reported_not_raised():
     c = _config(seq_len=4096, batch_size=256, remat="none")
     with pytest.raises(compiled_plan.DoesNotFit, match="v5e:2x2: XLA cannot fit the step"):
         compiled_plan.compile_plan(c, SMALL, "tpu-v5e", 4)
+
+
+def test_meshes_that_split_a_torus_axis_are_made():
+    # data=2 x fsdp=128 on v6e-256's 16 x 16 torus: no one-to-one match of axes.
+    tpu.compile_host_env("tpu-v6e")
+    mesh = sharding.make_mesh(2, 128, 1, tpu.topology_devices("tpu-v6e", 256))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 128, "tensor": 1}

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from solar_jax.errors import SolarError
@@ -55,7 +56,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     """A (data, fsdp, tensor) mesh with Auto axis types (sharding propagated by XLA)."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(data, fsdp, tensor, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    except NotImplementedError:
+        # A TPU torus whose axes the mesh's sizes do not match one to one (data=2 x fsdp=128
+        # on a 16 x 16 v6e-256): let a mesh axis take part of a physical axis.
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def spec_for(logical: Sequence[str], shape: Sequence[int], mesh: Mesh) -> P:
