@@ -188,3 +188,13 @@ def test_meshes_that_split_a_torus_axis_are_made():
     tpu.compile_host_env("tpu-v6e")
     mesh = sharding.make_mesh(2, 128, 1, tpu.topology_devices("tpu-v6e", 256))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 128, "tensor": 1}
+
+
+@pytest.mark.parametrize("reference", ["frozen", "precomputed"])
+def test_dpo_steps_compile_with_their_reference(reference):
+    c = _config(task="dpo", batch_size=4, seq_len=512)
+    c.dpo.reference = reference
+    p = compiled_plan.compile_plan(c, dataclasses.replace(SMALL, num_layers=2), "tpu-v5p", 4)
+    # a frozen reference is a second forward pass inside the step; precomputed log-probs are inputs
+    assert (p.analytic["reference_weights"] > 0) == (reference == "frozen")
+    assert abs(p.flops_per_chip / (sum(p.analytic.values()) / p.chips) - 1) < 0.05
