@@ -27,8 +27,9 @@ MODELS = {
 BATCHES = ((8, 512), (4, 1024))
 MESHES = ((1, 4, 1), (2, 2, 1), (1, 2, 2))
 REMATS = ("none", "full", "dots", "dots_no_batch")
-# What each policy must keep per layer: full the layer inputs, dots* the projections' outputs.
-LOWER_BOUNDS = {"none": dict(g=1), "full": dict(d=1, g=1), "dots": dict(d=2, f=2, q=1, g=1),
+# What each policy must keep per layer: full the layer inputs, dots* the projections' outputs,
+# none those and the MLP's elementwise outputs.
+LOWER_BOUNDS = {"none": dict(d=2, f=3, q=1, g=1), "full": dict(d=1, g=1), "dots": dict(d=2, f=2, q=1, g=1),
                 "dots_no_batch": dict(d=2, f=2, q=1, g=1)}
 
 
