@@ -164,6 +164,10 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
     with jax.set_mesh(mesh):
         layout = state_layout(c, config, mesh)
         lowered = lower_train_step(c, graphdef, layout, objective_for(c, graphdef), batch_fields(c), mesh, trainable)
+        # A TPU executable compiled here cannot be loaded back without a TPU client: keep it
+        # out of a persistent compilation cache (reading such an entry only warns and recompiles).
+        cache = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:
@@ -173,6 +177,8 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
             needs = re.search(r"required for HLO temporaries \(([\d.]+)G\)", str(e))
             raise DoesNotFit(f"{topology}: XLA cannot fit the step in a chip's HBM"
                              + (f" (temporaries {needs.group(1)}G)" if needs else "")) from None
+        finally:
+            jax.config.update("jax_enable_compilation_cache", cache)
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = dict(arguments=stats.argument_size_in_bytes, temporaries=stats.temp_size_in_bytes,
