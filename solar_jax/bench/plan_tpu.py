@@ -47,6 +47,7 @@ def samples(device: str, chips: int, remats=REMATS):
 
 
 def main(c) -> None:
+    compiled_plan.without_persistent_cache()
     device, chips = plan.parse_device(c.device)
     rows = []
     print(f"{'model':12s} {'batch':>9s} {'mesh':>6s} {'remat':>14s} {'compiled MiB':>13s} {'estimate MiB':>13s} ratio",

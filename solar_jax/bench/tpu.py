@@ -39,6 +39,7 @@ def _lookup(c, key: str):
 
 
 def main(c) -> None:
+    compiled_plan.without_persistent_cache()
     rows = ["| task | slice | settings | planner GiB/chip | compiled GiB/chip | fits | all-gather GiB | "
             "reduce-scatter GiB | all-reduce GiB | est. step s | est. tokens/s/chip | est. MFU | compile s |",
             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]

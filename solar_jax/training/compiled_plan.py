@@ -153,6 +153,13 @@ class CompiledPlan:
         return "\n".join(lines)
 
 
+def without_persistent_cache() -> None:
+    """For a process that compiles for TPUs it does not have: a TPU executable cannot be loaded
+    back from a persistent compilation cache without a TPU client (reading one only warns and
+    recompiles). jax decides on the cache at its first compile, so call this before any."""
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
 def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dict | None = None) -> CompiledPlan:
     """Compiles the train step of run config c for the slice (device, chips) and reads it."""
     topology = tpu.topology_name(device, chips)
@@ -164,10 +171,6 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
     with jax.set_mesh(mesh):
         layout = state_layout(c, config, mesh)
         lowered = lower_train_step(c, graphdef, layout, objective_for(c, graphdef), batch_fields(c), mesh, trainable)
-        # A TPU executable compiled here cannot be loaded back without a TPU client: keep it
-        # out of a persistent compilation cache (reading such an entry only warns and recompiles).
-        cache = jax.config.jax_enable_compilation_cache
-        jax.config.update("jax_enable_compilation_cache", False)
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:
@@ -177,8 +180,6 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
             needs = re.search(r"required for HLO temporaries \(([\d.]+)G\)", str(e))
             raise DoesNotFit(f"{topology}: XLA cannot fit the step in a chip's HBM"
                              + (f" (temporaries {needs.group(1)}G)" if needs else "")) from None
-        finally:
-            jax.config.update("jax_enable_compilation_cache", cache)
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = dict(arguments=stats.argument_size_in_bytes, temporaries=stats.temp_size_in_bytes,
