@@ -33,3 +33,20 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def get_key(c: ml_collections.ConfigDict, key: str):
+    """c's value at a dotted key ("data.num_builtin")."""
+    node = c
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_keys(c: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """Sets dotted keys in place ({"mesh.fsdp": 4}); returns c."""
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = get_key(c, ".".join(parents)) if parents else c
+        node[leaf] = value
+    return c

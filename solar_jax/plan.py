@@ -37,12 +37,9 @@ def main(c) -> None:
     if flags.FLAGS.search_limit <= 0:
         raise SolarError(f"--search_limit must be positive, got {flags.FLAGS.search_limit}")
     if flags.FLAGS.compile or flags.FLAGS.search:
-        tpu.topology_name(device, count)  # a slice libtpu can describe, before any work
+        tpu.check_can_compile(device, count)  # before any work
         tpu.compile_host_env(device)  # before jax starts its backends below
         compiled_plan.without_persistent_cache()  # before jax's first compile
-        if not tpu.libtpu_available():
-            raise SolarError("--compile needs the TPU compiler (libtpu): pip install 'jax[tpu]' "
-                             "(it compiles for any slice on a CPU machine)")
     validate(c, count)
     source = resolve_model(c)
     p = plan(c, source.config, device, count)

@@ -137,15 +137,9 @@ def checkpoint_saved(workdir, step: int):
     return lambda: (Path(workdir) / "checkpoints" / str(step)).is_dir()
 
 
-from solar_jax.config_files import load_config  # noqa: E402,F401  configs/NAME's get_config(variant)
+from solar_jax.config_files import load_config, set_keys  # noqa: E402,F401  configs/NAME's get_config(variant)
 
 
 def override(c, **values):
     """Sets config keys given as dotted names: override(c, **{"data.num_builtin": 8})."""
-    for key, value in values.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return set_keys(c, values)

@@ -33,7 +33,7 @@ LOWER_BOUNDS = {"none": dict(d=2, f=3, q=1, g=1), "full": dict(d=1, g=1), "dots"
                 "dots_no_batch": dict(d=2, f=2, q=1, g=1)}
 
 
-def samples(device: str, chips: int, remats=REMATS):
+def samples(remats=REMATS):
     for name, config in MODELS.items():
         for b, t in BATCHES:
             for mesh in MESHES:
@@ -52,7 +52,7 @@ def main(c) -> None:
     rows = []
     print(f"{'model':12s} {'batch':>9s} {'mesh':>6s} {'remat':>14s} {'compiled MiB':>13s} {'estimate MiB':>13s} ratio",
           flush=True)
-    for name, config, run in samples(device, chips):
+    for name, config, run in samples():
         p = compiled_plan.compile_plan(run, config, device, chips)
         mesh = p.mesh
         est = plan.plan(run, config, device, chips)

@@ -7,7 +7,7 @@ also runs plan --search on the first slice and task. Each 48-layer compile takes
 from __future__ import annotations
 
 from solar_jax.cli import split_list
-from solar_jax.config_files import load_config
+from solar_jax.config_files import get_key, load_config
 from solar_jax.errors import SolarError
 from solar_jax.training import compiled_plan, plan
 from solar_jax.training.run_config import validate
@@ -27,15 +27,8 @@ def task_config(task: str, overrides: str = ""):
     c.model_preset = preset
     for item in split_list(overrides):
         key, _, value = item.partition("=")
-        c = compiled_plan.with_overrides(c, {key: type(_lookup(c, key))(value)})
+        c = compiled_plan.with_overrides(c, {key: type(get_key(c, key))(value)})
     return c
-
-
-def _lookup(c, key: str):
-    node = c
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def main(c) -> None:

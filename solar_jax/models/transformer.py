@@ -191,9 +191,10 @@ _LAYER_WEIGHT_SPECS: contextvars.ContextVar[dict | None] = contextvars.ContextVa
 def layer_weight_specs(specs: dict[str, Any] | None):
     """Inside the block, each scanned layer's weights are constrained to `specs` as the scan
     slices them. The transpose of a sharding constraint constrains the cotangent: each
-    layer's gradient is then reduce-scattered to its FSDP shard inside the backward loop,
-    instead of the whole stacked gradient being all-reduced after it (measured on v5p-128:
-    whole [L, F, D] gradients all-reduced, and held, without it)."""
+    layer's gradient is then reduced to its FSDP shard inside the backward loop (by
+    reduce-scatter, or all-reduce where XLA prefers it, as on v5p-128), instead of the whole
+    stacked gradient being reduced after it (measured on v5p-128: whole [L, F, D] gradients
+    all-reduced, and held, without it)."""
     token = _LAYER_WEIGHT_SPECS.set(specs)
     try:
         yield

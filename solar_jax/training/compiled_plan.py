@@ -25,6 +25,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from solar_jax.config_files import set_keys
 from solar_jax.errors import SolarError
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
@@ -186,17 +187,17 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
                   outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
                   code=stats.generated_code_size_in_bytes)
     comps = hlo_stats.parse(compiled.as_text())
+    times = hlo_stats.multiplicities(comps)
     analytic = analytic_step_flops(c, config, options["attention_impl"])
     kernel_flops = 0.0
-    calls = hlo_stats.custom_calls(comps)
-    if options["attention_impl"] == "splash" and calls.get("tpu_custom_call"):
+    if options["attention_impl"] == "splash" and hlo_stats.custom_calls(comps, times).get("tpu_custom_call"):
         # The scores and values matmuls (forward, backward, recomputation) run inside Mosaic.
         kernel_flops = attention_flops(analytic) / chips
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list) else cost
     return CompiledPlan(device, topology, chips, tuple(mesh.devices.shape), options["attention_impl"], seconds,
-                        memory, tpu.CHIPS[device].hbm_bytes, hlo_stats.collectives(comps, chips),
-                        hlo_stats.matmul_flops(comps), kernel_flops, analytic,
+                        memory, tpu.CHIPS[device].hbm_bytes, hlo_stats.collectives(comps, chips, times),
+                        hlo_stats.matmul_flops(comps, times), kernel_flops, analytic,
                         c.batch_size * c.seq_len * (2 if c.task == "dpo" else 1),
                         {k: float(v) for k, v in cost.items() if k in ("flops", "optimal_seconds", "bytes accessed")})
 
@@ -218,14 +219,8 @@ class Candidate:
 
 
 def with_overrides(c, overrides: dict[str, Any]):
-    out = c.copy_and_resolve_references()
-    for key, value in overrides.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return out
+    """A copy of c with the dotted keys set."""
+    return set_keys(c.copy_and_resolve_references(), overrides)
 
 
 def search_candidates(c, config: ModelConfig, device: str, chips: int) -> list[Candidate]:

@@ -183,14 +183,16 @@ class Collective:
     wire_bytes: float = 0.0  # what one device sends per step with ring algorithms
 
 
-def collectives(comps: dict[str, Computation], num_devices: int) -> dict[str, Collective]:
+def collectives(comps: dict[str, Computation], num_devices: int,
+                times: dict[str, int] | None = None) -> dict[str, Collective]:
     """Per kind: executions, bytes (all-gather: its output, reduce-scatter: its input,
     others: their operand) and wire bytes per device ((g - 1) / g of that, twice for
     all-reduce, g the group size) per step. XLA on TPU writes a reduce-scatter as an
     all-reduce inside a computation named all-reduce-scatter*: counted as reduce-scatter.
     Its async collective fusions clone a collective into several computations (start and
-    continuation) under one channel_id: each channel is counted once."""
-    times = multiplicities(comps)
+    continuation) under one channel_id: each channel is counted once. times: multiplicities(comps),
+    when the caller has it."""
+    times = times if times is not None else multiplicities(comps)
     seen: dict[str, tuple[str, int, int, float]] = {}  # channel (or instruction) -> kind, times, bytes, wire
     for comp in comps.values():
         n = times.get(comp.name, 0)
@@ -278,9 +280,9 @@ def _conv_flops(inst: Instruction, comp: Computation) -> float:
     return 2.0 * macs
 
 
-def matmul_flops(comps: dict[str, Computation]) -> float:
+def matmul_flops(comps: dict[str, Computation], times: dict[str, int] | None = None) -> float:
     """FLOPs of every dot and convolution per step, each counted as often as it runs."""
-    times = multiplicities(comps)
+    times = times if times is not None else multiplicities(comps)
     total = 0.0
     for comp in comps.values():
         n = times.get(comp.name, 0)
@@ -292,9 +294,9 @@ def matmul_flops(comps: dict[str, Computation]) -> float:
     return total
 
 
-def custom_calls(comps: dict[str, Computation]) -> dict[str, int]:
+def custom_calls(comps: dict[str, Computation], times: dict[str, int] | None = None) -> dict[str, int]:
     """custom-call targets (Pallas/Mosaic kernels among them) -> executions per step."""
-    times = multiplicities(comps)
+    times = times if times is not None else multiplicities(comps)
     out: dict[str, int] = collections.Counter()
     for comp in comps.values():
         for inst in comp.instructions:

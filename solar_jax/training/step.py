@@ -76,7 +76,7 @@ def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None
             {k: v.shape for k, v in model_lib.flat_params(params).items()}, mesh)
 
         def grad_fn(p, mb):
-            with model_lib.layer_weight_specs(specs):  # per-layer gradients reduce-scattered in the loop
+            with model_lib.layer_weight_specs(specs):  # each layer's gradient reduced inside the loop
                 return value_and_grad(p, mb)
 
         if accum == 1:

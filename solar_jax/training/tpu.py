@@ -13,6 +13,8 @@ import dataclasses
 import importlib.util
 import os
 
+from jax.experimental import topologies
+
 from solar_jax.errors import SolarError
 
 GB = 1e9
@@ -107,15 +109,19 @@ def compile_host_env(device: str) -> None:
     apply_libtpu_flags()
 
 
-def topology_devices(device: str, chips: int) -> list:
-    """The devices of a TPU slice, for ahead-of-time compiles on a machine without one."""
+def check_can_compile(device: str, chips: int) -> str:
+    """The slice's topology name, once it is known that libtpu can compile for it here."""
     name = topology_name(device, chips)
     if not libtpu_available():
         raise SolarError("--compile needs the TPU compiler (libtpu): pip install 'jax[tpu]' "
                          "(it compiles for any slice on a CPU machine)")
-    compile_host_env(device)
-    from jax.experimental import topologies
+    return name
 
+
+def topology_devices(device: str, chips: int) -> list:
+    """The devices of a TPU slice, for ahead-of-time compiles on a machine without one."""
+    name = check_can_compile(device, chips)
+    compile_host_env(device)
     try:
         # One device per chip, as jax meshes want and TPU VMs run: v4 and v5p chips' two
         # TensorCores as one ("megacore"); v5e and v6e chips have one. Hosts of 2 x 2 chips.
