@@ -58,10 +58,11 @@ def spec_from_config(c) -> tuple[list[str], MergeSpec]:
 
 
 def merge_dirs(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dtype: str = "",
-               max_shard_size: str = "5GB", overwrite: bool = False):
+               max_shard_size: str = "5GB", overwrite: bool = False, progress: bool = True):
     """Streams when every input is an HF dir; with a run dir among them, merges in memory."""
     if not any(runs.is_run_dir(d) for d in model_dirs):
-        return merge_hf(model_dirs, spec, output_dir, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
+        return merge_hf(model_dirs, spec, output_dir, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite,
+                        progress=progress)
     loaded = [runs.load_params_any(d) for d in model_dirs]
     params = merge_params([p for p, _, _ in loaded], [cfg for _, cfg, _ in loaded], spec)
     ref = spec.base if spec.base is not None else 0
