@@ -201,7 +201,13 @@ def test_every_config_file_builds_and_validates():
         for variant in getattr(module, "VARIANTS", getattr(module, "BENCHMARKS", (None,))):
             c = module.get_config(variant)
             assert c is not None
-            if path.stem in ("recipe", "reproduce"):  # each training stage is a run config
+            if getattr(c, "section", "") == "merge_gain":  # the candidates' runs
+                from solar_jax.pipelines.merge_gain import dpo_config, sft_configs
+
+                runs = list(sft_configs(c, "BASE", REPO / "unused", ("train.jsonl", "heldout.jsonl")).values())
+                for run in runs + ([dpo_config(c, "A", REPO / "unused")] if c.dpo_a.num_steps > 0 else []):
+                    validate(run, num_devices=1)
+            elif path.stem in ("recipe", "reproduce"):  # each training stage is a run config
                 stages = [("cpt.py", c.cpt)] + ([("sft.py", c.sft), ("dpo.py", c.dpo_a), ("dpo.py", c.dpo_b)]
                                                 if path.stem == "recipe" else [])
                 for file, overrides in stages:

@@ -94,31 +94,43 @@ def score(model_dir: str, skills: dict[str, Skill], c) -> dict[str, float]:
     return scores
 
 
-def train_candidates(c, base_dir: str, out: Path, docs_files: tuple[str, str]) -> dict[str, str]:
-    """SFT (and DPO) runs from the base; their HF exports are the candidates."""
+def sft_configs(c, base_dir: str, out: Path, docs_files: tuple[str, str]) -> dict[str, Any]:
+    """The candidates' SFT run configs (configs/sft.py with the same steps, batch and rate):
+    a on the built-in Synth. Math-Instruct, b on the docs QA files."""
     common = dict(model_dir=base_dir, num_steps=c.sft.num_steps, batch_size=c.sft.batch_size, seq_len=c.seq_len,
                   learning_rate=c.sft.learning_rate, warmup_steps=c.sft.warmup_steps, template=c.template,
                   eval_every=c.sft.num_steps, checkpoint_every=c.sft.num_steps, eval_batches=2, seed=c.seed)
-    runs = dict(
-        a=stage_config("sft.py", common, workdir=str(out / "candidate_a"), num_builtin=c.num_builtin),
-        b=stage_config("sft.py", common, workdir=str(out / "candidate_b")))
+    runs = dict(a=stage_config("sft.py", common, workdir=str(out / "candidate_a"), num_builtin=c.num_builtin),
+                b=stage_config("sft.py", common, workdir=str(out / "candidate_b")))
     runs["b"].data.train_files, runs["b"].data.eval_files = docs_files
+    return runs
+
+
+def dpo_config(c, model_dir: str, out: Path):
+    """Candidate A's optional DPO on Synth. Math-Alignment (configs/dpo.py)."""
+    return stage_config("dpo.py", dict(c.dpo_a), model_dir=model_dir, workdir=str(out / "candidate_a_dpo"),
+                        seq_len=c.seq_len, template=c.template, seed=c.seed, num_builtin=c.num_builtin,
+                        eval_every=c.dpo_a.num_steps, checkpoint_every=c.dpo_a.num_steps, eval_batches=2)
+
+
+def _train(cfg) -> dict[str, Any]:
+    result = train_and_evaluate(cfg, cfg.workdir, verbose=False)
+    shutil.rmtree(Path(cfg.workdir) / "checkpoints", ignore_errors=True)  # the HF export is the artefact
+    return result
+
+
+def train_candidates(c, base_dir: str, out: Path, docs_files: tuple[str, str]) -> dict[str, str]:
+    """SFT (and DPO) runs from the base; their HF exports are the candidates."""
     dirs = {}
-    for name, cfg in runs.items():
+    for name, cfg in sft_configs(c, base_dir, out, docs_files).items():
         start = time.perf_counter()
-        result = train_and_evaluate(cfg, cfg.workdir, verbose=False)
-        shutil.rmtree(Path(cfg.workdir) / "checkpoints", ignore_errors=True)  # the HF export is the artefact
+        result = _train(cfg)
         dirs[name] = result["export_dir"]
         print(f"candidate {name.upper()}: {c.sft.num_steps} SFT steps on "
-              f"{'Synth. Math-Instruct' if name == 'a' else 'Python-docs QA'}, final loss {result.get('loss', float('nan')):.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+              f"{'Synth. Math-Instruct' if name == 'a' else 'Python-docs QA'}, final loss "
+              f"{result.get('loss', float('nan')):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     if c.dpo_a.num_steps > 0:
-        cfg = stage_config("dpo.py", dict(c.dpo_a), model_dir=dirs["a"], workdir=str(out / "candidate_a_dpo"),
-                           seq_len=c.seq_len, template=c.template, seed=c.seed, num_builtin=c.num_builtin,
-                           eval_every=c.dpo_a.num_steps, checkpoint_every=c.dpo_a.num_steps, eval_batches=2)
-        result = train_and_evaluate(cfg, cfg.workdir, verbose=False)
-        shutil.rmtree(Path(cfg.workdir) / "checkpoints", ignore_errors=True)
-        dirs["a"] = result["export_dir"]
+        dirs["a"] = _train(dpo_config(c, dirs["a"], out))["export_dir"]
         print(f"candidate A: + {c.dpo_a.num_steps} DPO steps on Synth. Math-Alignment", flush=True)
     return dirs
 
