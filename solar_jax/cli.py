@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from solar_jax import background_errors, host_malloc
-from solar_jax.config_files import config_path, load_config
+from solar_jax.config_files import config_path, floats, load_config, split_list  # noqa: F401  (re-exported)
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.training import distributed, tpu
 
@@ -53,22 +53,6 @@ def fail(message: str, code: int = 2) -> None:
     print(f"error: {line}", file=sys.stderr, flush=True)
     pylogging.disable(pylogging.CRITICAL)
     sys.exit(code)
-
-
-def split_list(text: str | Sequence[str]) -> list[str]:
-    """'a,b' (or a list) -> ['a', 'b']: how list-valued keys such as model_dir are given."""
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return [s.strip() for s in items if str(s).strip()]
-
-
-def floats(text: str | float | Sequence[float], what: str) -> list[float]:
-    """'0.5' or '0,0.5,1' (or numbers) -> floats; one clear error otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return [float(text)]
-    try:
-        return [float(v) for v in split_list(text)]
-    except ValueError:
-        raise SolarError(f"cannot read {what} {text!r}; expected comma-separated numbers") from None
 
 
 def _check_vocabulary(argv: Sequence[str], config: ml_collections.ConfigDict | None, own_flags: set[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Sequence
 
 import ml_collections
 
@@ -50,3 +51,19 @@ def set_keys(c: ml_collections.ConfigDict, values: dict) -> ml_collections.Confi
         node = get_key(c, ".".join(parents)) if parents else c
         node[leaf] = value
     return c
+
+
+def split_list(text: str | Sequence[str]) -> list[str]:
+    """'a,b' (or a list) -> ['a', 'b']: how list-valued keys such as model_dir are given."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [s.strip() for s in items if str(s).strip()]
+
+
+def floats(text: str | float | Sequence[float], what: str) -> list[float]:
+    """'0.5' or '0,0.5,1' (or numbers) -> floats; one clear error otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return [float(text)]
+    try:
+        return [float(v) for v in split_list(text)]
+    except ValueError:
+        raise SolarError(f"cannot read {what} {text!r}; expected comma-separated numbers") from None

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 from solar_jax.config_files import load_config
-from solar_jax.merge import spec_from_config
+from solar_jax.pipelines.merging import spec_from_config
 from solar_jax.pipelines import merge_gain
 from solar_jax.training import docs_qa
 

@@ -11,7 +11,7 @@ merge_gain.png; every number comes from this run.
                greedy exact match on held-out math problems (the only checkable answers)
   merges       Average(a, 1 - a), SLERP(t), task arithmetic, TIES, DARE-TIES and DARE-linear
                against the base, each built by `python -m solar_jax.merge`'s own code
-               (configs/merge.py's keys -> spec_from_config -> merge_dirs)
+               (configs/merge.py's keys -> pipelines/merging.py, which the command calls)
   gain kept    for a model M: (L_base - L_M) / (L_base - L_candidate) on that candidate's
                skill (1 = all of the candidate's improvement, 0 = none)
 How far apart the candidates are is reported in weight space too: per-tensor cosine of A
@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from solar_jax import cli
-from solar_jax.config_files import load_config
+from solar_jax.config_files import floats, load_config
 from solar_jax.errors import SolarError
 from solar_jax.evaluation.lm import LanguageModel
 from solar_jax.evaluation.tasks import load_for_eval
-from solar_jax.merge import merge_dirs, spec_from_config
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
+from solar_jax.pipelines.merging import merge_dirs, spec_from_config
 from solar_jax.pipelines.recipe import fresh_output_dir, resolve_model_dir, stage_config
 from solar_jax.pipelines.stage_eval import heldout_loss, math_exact_match
 from solar_jax.surgery.merge_math import DOT_THRESHOLD
@@ -162,17 +161,17 @@ def weight_distance(base_dir: str, a_dir: str, b_dir: str) -> dict[str, Any]:
 def merge_plan(c, base: str, a: str, b: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(name, method, configs/merge.py keys) for every merge of A and B."""
     plan = []
-    for w in cli.floats(c.average_weights, "average_weights"):
+    for w in floats(c.average_weights, "average_weights"):
         if 0 < w < 1:  # 1 and 0 are the candidates themselves
             plan.append((f"average a={w:g}", "average", dict(method="linear", model_dir=f"{a},{b}",
                                                              weights=f"{w},{1 - w}")))
-    for t in cli.floats(c.slerp_t, "slerp_t"):
+    for t in floats(c.slerp_t, "slerp_t"):
         plan.append((f"slerp t={t:g}", "slerp", dict(method="slerp", model_dir=f"{a},{b}", base=a, t=str(t))))
-    for lam in cli.floats(c.task_arithmetic_weights, "task_arithmetic_weights"):
+    for lam in floats(c.task_arithmetic_weights, "task_arithmetic_weights"):
         plan.append((f"task arithmetic w={lam:g}", "task_arithmetic",
                      dict(method="task_arithmetic", base=base, model_dir=f"{a},{b}", weights=f"{lam},{lam}")))
     for method in ("ties", "dare_ties", "dare_linear"):
-        for density in cli.floats(c.densities, "densities"):
+        for density in floats(c.densities, "densities"):
             plan.append((f"{method.replace('_', '-')} d={density:g}", method,
                          dict(method=method, base=base, model_dir=f"{a},{b}", weights="1,1", density=str(density),
                               seed=c.seed)))
@@ -219,7 +218,7 @@ def pareto(models: dict[str, dict]) -> list[str]:
 
 def run(c) -> dict[str, Any]:
     for key in ("average_weights", "slerp_t", "task_arithmetic_weights", "densities"):
-        cli.floats(c[key], key)  # bad input: one line before any work
+        floats(c[key], key)  # bad input: one line before any work
     check_output_dir(c.output_dir, c.overwrite)
     base_dir = str(resolve_model_dir(c.model_dir))
     out = fresh_output_dir(c.output_dir, c.overwrite)

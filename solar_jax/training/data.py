@@ -12,7 +12,6 @@ complete targets.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 
 from solar_jax.errors import SolarError
 from solar_jax.training import token_shards
+from solar_jax.weights import paths
 
 BUILTIN = ("pydoc",)
 
@@ -146,13 +146,15 @@ def builtin_documents(name: str, max_chars: int = 4000) -> list[str]:
 
 
 def expand_files(spec: str) -> list[Path]:
-    """Comma-separated paths or globs -> files; a pattern that matches nothing is an error."""
+    """Comma-separated paths or globs, local or remote (gs://...) -> local files (remote
+    ones copied into the cache once, weights/paths.py); a pattern that matches nothing is
+    an error."""
     files: list[Path] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
-        if not matches or not all(Path(m).is_file() for m in matches):
+        matches = paths.glob(part) if any(c in part for c in "*?[") else [part]
+        if not matches or not all(paths.is_file(m) for m in matches):
             raise SolarError(f"data file {part} does not exist")
-        files += [Path(m) for m in matches]
+        files += [paths.local_copy(m) for m in matches]
     return files
 
 
@@ -263,7 +265,7 @@ class Corpus:
 
 def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
     """train_files is a token shard dir: the same split and drops as for its text."""
-    path = data_cfg.train_files.strip()
+    path = str(paths.local_copy(data_cfg.train_files.strip()))  # a gs:// shard dir is read from a local copy
     manifest, lengths = token_shards.load_documents(path, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
     if data_cfg.eval_files:
         train_idx, evals = list(range(len(lengths))), _eval_documents(data_cfg, tokenizer)
@@ -279,7 +281,7 @@ def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
 
 def _eval_documents(data_cfg, tokenizer) -> list[np.ndarray]:
     if token_shards.is_shard_dir(data_cfg.eval_files):
-        held = token_shards.all_documents(data_cfg.eval_files.strip(), tokenizer, data_cfg)
+        held = token_shards.all_documents(str(paths.local_copy(data_cfg.eval_files.strip())), tokenizer, data_cfg)
         return [held[i] for i in range(len(held))]
     eval_docs = read_documents(expand_files(data_cfg.eval_files), data_cfg.text_field)
     if not eval_docs:

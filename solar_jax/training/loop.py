@@ -40,7 +40,7 @@ from solar_jax.training.state import (ModelSource, StateLayout, initial_params, 
                                       state_layout, trainable_mask)
 from solar_jax.training.step import (evaluate, lower_train_step, make_eval_step, model_options, objective_for,
                                      reference_fn)
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 
 
 class TrainingDiverged(RunFailed):
@@ -118,9 +118,14 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     (default: all). c.task: cpt (documents), sft (instructions), dpo (preference pairs).
     verbose=False leaves out the config dump and the model summary (the recipe's stages)."""
     devices = list(devices if devices is not None else jax.devices())
-    workdir = Path(workdir or c.workdir)
-    if not str(workdir):
+    target = str(workdir or c.workdir)
+    if not target:
         raise SolarError("workdir is required (--config.workdir=RUN_DIR)")
+    # A remote workdir (gs://...) is written in a local mirror, pushed at every checkpoint
+    # and at the end; its checkpoints go to the remote dir directly (weights/paths.py).
+    mirror = paths.Mirror(target, skip=("checkpoints",)) if paths.is_remote(target) else None
+    workdir = mirror.local if mirror else Path(target)
+    checkpoint_dir = c.checkpoint_dir or (f"{mirror.url}/checkpoints" if mirror else workdir / "checkpoints")
     validate(c, len(devices))
     source = resolve_model(c)
     check_seq_len(c, source.config.max_position_embeddings)
@@ -130,6 +135,8 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
                          f"{source.config.vocab_size}")
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
     memory = check_memory(c, source.config, devices)
+    if mirror:
+        mirror.pull()
     record = _check_run_file(workdir, source, c)
     if verbose:
         _say("config:\n" + "\n".join(f"  {line}" for line in config_text(c).splitlines()))
@@ -138,12 +145,20 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
     # Under the mesh, the model keeps activations batch-sharded (model.batch_sharded).
     with jax.set_mesh(mesh):
         with _removed_on_failure(workdir):  # data, reference, compile: a failed start leaves nothing
-            run = _set_up(c, workdir, source, tokenizer, mesh)
+            run = _set_up(c, workdir, checkpoint_dir, source, tokenizer, mesh)
             if record is not None and jax.process_index() == 0:
                 (workdir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if mirror and jax.process_index() == 0:
+            run.sync = mirror.push
+        run.sync()
         result = _loop(c, run, source.config, len(devices))
         if result["status"] == "completed":
-            result.update(_finish(c, run, workdir, source))
+            result.update(_finish(c, run, workdir, source, shown=mirror.url if mirror else str(workdir)))
+            run.sync()
+    if mirror:
+        result["workdir"] = mirror.url
+        if "export_dir" in result:
+            result["export_dir"] = f"{mirror.url}/hf"
     return result
 
 
@@ -161,12 +176,13 @@ class _Run:
     run_eval: Callable[[dict], dict[str, float]]
     metrics: MetricsWriter
     meta: dict[str, Any]
+    sync: Callable[[], None] = lambda: None  # pushes a remote workdir's mirror (process 0)
 
 
-def _set_up(c, workdir: Path, source: ModelSource, tokenizer, mesh) -> _Run:
+def _set_up(c, workdir: Path, checkpoint_dir, source: ModelSource, tokenizer, mesh) -> _Run:
     graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **model_options(c, mesh)))
     layout = state_layout(c, source.config, mesh)
-    ckpt = Checkpointer(c.checkpoint_dir or workdir / "checkpoints", keep=c.keep_checkpoints,
+    ckpt = Checkpointer(checkpoint_dir, keep=c.keep_checkpoints,
                         async_save=c.async_checkpoint)
     resuming = ckpt.latest_step() is not None
     # The initial weights are needed to start, and by DPO for its reference (a frozen copy, or
@@ -263,6 +279,7 @@ def _loop(c, run: _Run, config: ModelConfig, num_devices: int) -> dict[str, Any]
             preempted = preemption.reached(step)
             if step % c.checkpoint_every == 0 or step == c.num_steps or preempted:
                 run.checkpointer.save(step, run.state, run.train_iter, run.meta, force=True)
+                run.sync()  # a remote workdir gets the metrics up to this checkpoint
             if preempted:
                 run.checkpointer.wait()
                 _say(f"SIGTERM: saved a checkpoint at step {step} in {run.checkpointer.directory}; exiting")
@@ -301,9 +318,10 @@ def _postfix(row: dict[str, float]) -> dict[str, str]:
     return postfix
 
 
-def _finish(c, run: _Run, workdir: Path, source: ModelSource) -> dict[str, Any]:
+def _finish(c, run: _Run, workdir: Path, source: ModelSource, shown: str) -> dict[str, Any]:
     """A completed run: the loss curve, and the HF export (collective: every process gathers
-    each tensor, process 0 writes)."""
+    each tensor, process 0 writes). shown: the workdir as the user named it (a remote one's
+    mirror is pushed after this)."""
     if jax.process_index() == 0:
         plot_loss_curve(run.metrics.path, workdir / "loss_curve.png",
                         title=f"{c.task}: {source.config.num_layers}-layer model")
@@ -314,7 +332,7 @@ def _finish(c, run: _Run, workdir: Path, source: ModelSource) -> dict[str, Any]:
                       max_shard_size=c.export.max_shard_size, source_dir=source.model_dir, overwrite=True)
     if source.model_dir is None and c.tokenizer and c.tokenizer != "bytes" and jax.process_index() == 0:
         hf.copy_side_files(c.tokenizer, out)
-    _say(f"exported the model to {out}")
+    _say(f"exported the model to {shown.rstrip('/')}/hf")
     return dict(export_dir=str(out))
 
 

@@ -22,7 +22,7 @@ from solar_jax.surgery import upscale as upscale_lib
 from solar_jax.training import sharding
 from solar_jax.training.checkpoint import abstract_like
 from solar_jax.training.optim import make_optimizer
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 from solar_jax.weights.real_model import ensure_real_model
 
 
@@ -45,7 +45,8 @@ def resolve_model(c) -> ModelSource:
         base = preset(c.model_preset)
         model_dir = None
     else:
-        model_dir = c.model_dir or str(ensure_real_model())
+        # A remote model dir (gs://...) is read from a local copy (weights/paths.py).
+        model_dir = str(paths.local_copy(c.model_dir)) if c.model_dir else str(ensure_real_model())
         base = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
     slices = None
     if c.upscale_slices:

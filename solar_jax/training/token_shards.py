@@ -31,6 +31,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from solar_jax.errors import SolarError
+from solar_jax.weights import paths
 
 FORMAT = "solar_jax.token_shards.v1"
 MANIFEST = "manifest.json"
@@ -105,8 +106,13 @@ def finish(out: Path, entries: list[dict[str, Any]], tokenizer, add_bos: bool, a
 # ---- reading ------------------------------------------------------------------------------------
 
 def is_shard_dir(spec: str) -> bool:
-    """True when data files name one directory holding a manifest."""
-    return "," not in spec and (Path(spec.strip()) / MANIFEST).is_file()
+    """True when data files name one directory (local or gs://) holding a manifest."""
+    spec = spec.strip()
+    if not spec or "," in spec:
+        return False
+    if paths.is_remote(spec):
+        return paths.is_file(f"{spec.rstrip('/')}/{MANIFEST}")
+    return (Path(spec) / MANIFEST).is_file()
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

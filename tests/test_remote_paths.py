@@ -1,0 +1,146 @@
+"""gs:// everywhere a run reads or writes, against a real GCS API on localhost (the PyPI
+package gcp-storage-emulator, started and stopped here, loopback only): the model dir, the
+data glob, the workdir (metrics, run.json, TensorBoard), the checkpoints and the export."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, kill_once
+from tests.test_hf_io import hf_tensors
+
+BUCKET = "solar-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """(env for subprocesses, an fsspec filesystem) with an emulator serving gs://solar-test."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("the GCS emulator did not start")
+            time.sleep(0.1)
+    # gcsfs and etils read the emulator from STORAGE_EMULATOR_HOST; tensorstore (orbax's
+    # checkpoints) from its own two variables.
+    env = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
+               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", SOLAR_JAX_CACHE=str(tmp_path_factory.mktemp("cache")))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fs = fsspec.filesystem("gs", token="anon", skip_instance_cache=True)
+    try:
+        yield dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1"), fs
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.kill()
+        proc.wait()
+
+
+def _train(env, *flags, timeout=300, background=False):
+    args = [sys.executable, "-m", "solar_jax.train", *flags]
+    if background:
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _corpus(folder: Path) -> Path:
+    from pydoc_data.topics import topics
+
+    import json
+
+    folder.mkdir()
+    names = sorted(topics)
+    for k in range(3):
+        rows = [json.dumps({"text": topics[n]}) for n in names[k::3][:20]]
+        (folder / f"part-{k}.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_train_reads_and_writes_gs_and_resumes_after_sigkill(gcs, tmp_path):
+    env, fs = gcs
+    # A base model to start from: a tiny run's export (byte tokenizer).
+    r = _train(env, "--config=configs/cpt.py:tiny", "--config.upscale_m=-1", "--config.num_steps=1",
+               f"--config.workdir={tmp_path / 'seed'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    base, corpus = tmp_path / "seed" / "hf", _corpus(tmp_path / "corpus")
+    fs.put(str(base), f"{BUCKET}/model", recursive=True)
+    fs.put(str(corpus), f"{BUCKET}/corpus", recursive=True)
+    common = ["--config=configs/cpt.py:tiny", "--config.model_preset=", "--config.tokenizer=bytes",
+              "--config.upscale_m=-1", "--config.num_steps=8", "--config.checkpoint_every=2",
+              "--config.eval_every=4", "--config.async_checkpoint=False"]
+    straight = _train(env, *common, f"--config.model_dir={base}", f"--config.data.train_files={corpus}/*.jsonl",
+                      f"--config.workdir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    remote = [f"--config.model_dir=gs://{BUCKET}/model", f"--config.data.train_files=gs://{BUCKET}/corpus/*.jsonl",
+              f"--config.workdir=gs://{BUCKET}/runs/cpt"]
+    proc = _train(env, *common, *remote, background=True)
+    metrics = f"{BUCKET}/runs/cpt/metrics.jsonl"
+
+    def pushed_step_4():  # the mirror is pushed after each checkpoint: step 4's is on its way
+        fs.invalidate_cache()
+        return fs.exists(metrics) and '"step": 4' in fs.cat(metrics).decode()
+
+    assert kill_once([proc], pushed_step_4, timeout=240), "the run finished before it could be killed"
+    resumed = _train(env, *common, *remote)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from gs://{BUCKET}/runs/cpt/checkpoints at step" in resumed.stdout
+    fs.invalidate_cache()
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/runs/cpt")}
+    assert {"metrics.jsonl", "run.json", "tensorboard", "hf", "checkpoints", "loss_curve.png"} <= names
+    assert fs.ls(f"{BUCKET}/runs/cpt/tensorboard")
+    # The export, read back from gs://, equals the uninterrupted local run's.
+    fs.get(f"{BUCKET}/runs/cpt/hf", str(tmp_path / "from_gs"), recursive=True)
+    got, expected = hf_tensors(tmp_path / "from_gs"), hf_tensors(tmp_path / "straight" / "hf")
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+    from solar_jax.training.metrics import read_metrics
+
+    rows = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    remote_rows = [__import__("json").loads(l) for l in fs.cat(metrics).decode().splitlines()]
+    last = {r["step"]: r for r in remote_rows}
+    assert [r["step"] for r in rows] == sorted(last)
+    assert last[8]["loss"] == pytest.approx(rows[-1]["loss"], abs=0)
+
+
+@pytest.mark.parametrize("flag, match", [
+    (f"--config.data.train_files=gs://{BUCKET}/nothing/*.jsonl", "does not exist"),
+    (f"--config.data.train_files=gs://{BUCKET}/missing.jsonl", "does not exist"),
+    (f"--config.model_dir=gs://{BUCKET}/no-model", f"gs://{BUCKET}/no-model"),
+])
+def test_missing_remote_inputs_are_one_line(gcs, flag, match, tmp_path):
+    env, _ = gcs
+    model = ["--config.model_preset=", "--config.tokenizer=bytes"] if "model_dir" in flag else []
+    r = _train(env, "--config=configs/cpt.py:tiny", "--config.upscale_m=-1", "--config.num_steps=1", *model, flag,
+               f"--config.workdir={tmp_path / 'w'}", timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr, r.stderr
