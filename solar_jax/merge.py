@@ -11,6 +11,7 @@ checkpoints are merged in memory (no round trip through HF files).
 
 from __future__ import annotations
 
+from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.pipelines.merging import merge_dirs, spec_from_config
 from solar_jax.surgery import mergekit_yaml
