@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.evaluation.tasks import TASKS, evaluate_models, table
+from solar_jax.weights import paths
+from solar_jax.weights.outdir import output_path
 
 
 def main(c) -> None:
@@ -25,9 +26,11 @@ def main(c) -> None:
                               num_fewshot=c.num_fewshot, seed=c.seed, limit=c.limit, dtype=c.dtype,
                               mesh_shape=(c.mesh.data, c.mesh.fsdp, c.mesh.tensor))
     print(table(results))
-    if c.output_json:
-        Path(c.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(c.output_json).write_text(json.dumps(results, indent=2) + "\n")
+    if c.output_json:  # local or gs://
+        with paths.remote_errors(c.output_json):
+            target = output_path(c.output_json)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {c.output_json}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from solar_jax import cli
 from solar_jax.errors import SolarError
+from solar_jax.training import runs
 from solar_jax.training.runs import load_run_params
 from solar_jax.weights import hf
 from solar_jax.weights.outdir import check_output_dir
@@ -20,7 +21,7 @@ def main(c) -> None:
     hf.export_dtype(c.dtype)
     params, config, record, step = load_run_params(c.workdir, None if c.step < 0 else c.step)
     out = hf.save_hf_params(params, config, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size,
-                            source_dir=record.get("model_dir"), overwrite=c.overwrite)
+                            source_dir=runs.source_dir(record), overwrite=c.overwrite)
     print(f"wrote {out} from step {step} of {c.workdir}")
 
 

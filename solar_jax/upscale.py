@@ -11,7 +11,7 @@ from solar_jax.errors import SolarError
 from solar_jax.surgery.streaming import upscale_hf
 from solar_jax.surgery.upscale import check_init, passthrough_params, resolve_slices, solar_slices
 from solar_jax.training import runs
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 from solar_jax.weights.outdir import check_output_dir
 
 
@@ -23,6 +23,7 @@ def main(c) -> None:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
     check_output_dir(c.output_dir, c.overwrite)
     check_init(c.init)  # one line before anything is read
+    models = [str(paths.local_copy(m)) for m in models]  # gs:// inputs: local copies
     n = runs.model_config_of(models[0]).num_layers
     slices = resolve_slices(c.slices, n) if c.slices else solar_slices(n, c.m)
     if any(runs.is_run_dir(m) for m in models):  # training runs: up-scale their checkpoints in memory

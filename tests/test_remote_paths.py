@@ -30,7 +30,8 @@ def gcs(tmp_path_factory):
     """(env for subprocesses, an fsspec filesystem) with an emulator serving gs://solar-test."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+    # gcp-storage-emulator with GCS's generation preconditions and headers (tests/gcs_emulator.py)
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host=127.0.0.1",
                              f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -109,7 +110,8 @@ def test_train_reads_and_writes_gs_and_resumes_after_sigkill(gcs, tmp_path):
         fs.invalidate_cache()
         return fs.exists(metrics) and '"step": 4' in fs.cat(metrics).decode()
 
-    assert kill_once([proc], pushed_step_4, timeout=240), "the run finished before it could be killed"
+    assert kill_once([proc], pushed_step_4, timeout=240), \
+        f"the run finished before it could be killed: {proc.returncode}, {proc.stderr.read()[-3000:]}"
     resumed = _train(env, *common, *remote)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from gs://{BUCKET}/runs/cpt/checkpoints at step" in resumed.stdout
@@ -144,3 +146,43 @@ def test_missing_remote_inputs_are_one_line(gcs, flag, match, tmp_path):
                f"--config.workdir={tmp_path / 'w'}", timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def _command(env, module, *flags, timeout=180):
+    return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_commands_read_and_write_gs(gcs, tiny_hf, tmp_path):
+    env, fs = gcs
+    _, local = tiny_hf("llama_gqa")  # 3 layers
+    fs.put(str(local), f"{BUCKET}/cmd/llama", recursive=True)
+    src = f"gs://{BUCKET}/cmd/llama"
+    r = _command(env, "solar_jax.convert", f"--config.model_dir={src}", f"--config.output_dir=gs://{BUCKET}/cmd/conv")
+    assert r.returncode == 0 and f"gs://{BUCKET}/cmd/conv" in r.stdout, r.stderr[-2000:]
+    merge = ["--config.method=slerp", f"--config.model_dir={src},gs://{BUCKET}/cmd/conv",
+             f"--config.output_dir=gs://{BUCKET}/cmd/merged"]
+    r = _command(env, "solar_jax.merge", *merge)
+    assert r.returncode == 0 and f"wrote gs://{BUCKET}/cmd/merged" in r.stdout, r.stderr[-2000:]
+    r = _command(env, "solar_jax.upscale", f"--config.model_dir=gs://{BUCKET}/cmd/merged", "--config.slices=0:2,0:3",
+                 f"--config.output_dir=gs://{BUCKET}/cmd/up")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # A non-empty gs:// output is refused in one line, and replaced with overwrite.
+    r = _command(env, "solar_jax.merge", *merge)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: output_dir gs://{BUCKET}/cmd/merged is not empty (pass --config.overwrite=True to replace it)"]
+    r = _command(env, "solar_jax.merge", *merge, "--config.overwrite=True")
+    assert r.returncode == 0, r.stderr[-2000:]
+    fs.invalidate_cache()
+    expected = hf_tensors(local)
+    for name in ("conv", "merged"):  # SLERP of a model with its own copy is the model
+        fs.get(f"{BUCKET}/cmd/{name}", str(tmp_path / name), recursive=True)
+        got = hf_tensors(tmp_path / name)
+        assert got.keys() == expected.keys()
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-6, err_msg=f"{name}: {k}")
+    fs.get(f"{BUCKET}/cmd/up", str(tmp_path / "up"), recursive=True)
+    up = hf_tensors(tmp_path / "up")
+    layer = next(k for k in expected if k.startswith("model.layers.0."))
+    np.testing.assert_array_equal(up[layer.replace("layers.0.", "layers.2.")], expected[layer])
+    assert not list((Path(env["SOLAR_JAX_CACHE"]) / "staging").iterdir())  # staging dirs are cleaned up

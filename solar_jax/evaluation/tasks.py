@@ -36,6 +36,7 @@ from solar_jax.training.runs import load_params_any
 from solar_jax.training import data as data_lib
 from solar_jax.training import sharding
 from solar_jax.training.data import jsonl_rows
+from solar_jax.weights import paths
 
 FEWSHOT_DELIMITER = "\n\n"
 GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>", "\n\n\n")
@@ -287,7 +288,7 @@ def evaluate_models(model_dirs: Sequence[str], tasks: Sequence[str], data_dir: s
 
     for t in tasks:
         task_def(t)
-    data = Path(data_dir)
+    data = paths.local_copy(data_dir)  # a gs:// data dir: a local copy
     if not data.is_dir():
         raise SolarError(f"data_dir {data} does not exist")
     for t in tasks:  # check every file before loading a model

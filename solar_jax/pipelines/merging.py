@@ -12,7 +12,7 @@ from solar_jax.errors import SolarError
 from solar_jax.surgery.merge import TASK_ARITHMETIC, MergeSpec, merge_params
 from solar_jax.surgery.streaming import merge_hf
 from solar_jax.training import runs
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 
 
 def _setting(text: str, what: str) -> float | list[float]:
@@ -51,7 +51,9 @@ def spec_from_config(c) -> tuple[list[str], MergeSpec]:
 
 def merge_dirs(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dtype: str = "",
                max_shard_size: str = "5GB", overwrite: bool = False, progress: bool = True):
-    """Streams when every input is an HF dir; with a run dir among them, merges in memory."""
+    """Streams when every input is an HF dir; with a run dir among them, merges in memory.
+    gs:// inputs are read from local copies (weights/paths.py)."""
+    model_dirs = [str(paths.local_copy(d)) for d in model_dirs]
     if not any(runs.is_run_dir(d) for d in model_dirs):
         return merge_hf(model_dirs, spec, output_dir, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite,
                         progress=progress)

@@ -28,7 +28,7 @@ from solar_jax.training import synth_math
 from solar_jax.training import task_data
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import plot_loss_curve
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 from solar_jax.weights.outdir import check_output_dir
 from solar_jax.weights.real_model import ensure_real_model
 
@@ -90,9 +90,10 @@ def build_stage_data(cpt_c, tokenizer, eval_cfg, num_builtin: int):
 
 
 def resolve_model_dir(model_dir: str) -> Path:
-    """An HF dir, or "" for the real model (fetched on first use)."""
+    """An HF dir (a gs:// one read from a local copy), or "" for the real model (fetched on
+    first use)."""
     if model_dir:
-        return Path(model_dir)
+        return paths.local_copy(model_dir)
 
     return Path(ensure_real_model())
 
@@ -101,6 +102,9 @@ def fresh_output_dir(out_dir: str, overwrite: bool) -> Path:
     """output_dir, empty: refused if it holds anything, unless overwrite (then cleared)."""
     if not out_dir:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
+    if paths.is_remote(out_dir):  # its stages write and read each other's files as they go
+        raise SolarError(f"output_dir {out_dir}: this pipeline writes its stages to a local dir; give a local "
+                         "output_dir and copy it to gs:// when it is done (gcloud storage cp -r)")
     out = check_output_dir(out_dir, overwrite)
     if out.exists():
         shutil.rmtree(out)

@@ -17,8 +17,8 @@ from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig
 from solar_jax.surgery.merge import MergeSpec, check_same_configs, layer_t, merge_stacks, validate_spec
 from solar_jax.surgery.upscale import OUTPUT_PROJECTIONS, Slice, check_slices, layer_sources, output_scales
-from solar_jax.weights import hf
-from solar_jax.weights.outdir import atomic_output_dir, check_output_dir
+from solar_jax.weights import hf, paths
+from solar_jax.weights.outdir import atomic_output_dir, check_output_dir, output_path
 
 
 def open_models(model_dirs: Sequence[str]) -> tuple[list[ModelConfig], list[dict[str, Any]]]:
@@ -44,7 +44,7 @@ def write_streamed(output_dir: str, config: ModelConfig, dtype_name: str, side_d
         raise
     finally:
         bar.close()
-    return Path(output_dir)
+    return output_path(output_dir)
 
 
 def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: str, *, dtype: str = "",
@@ -53,6 +53,7 @@ def upscale_hf(model_dirs: Sequence[str], slices: Sequence[Slice], output_dir: s
     """Writes the up-scaled model; tensor bytes are copied as they are unless `dtype` asks
     otherwise, or `init` scales a repeated layer's output projections (surgery/upscale.py)."""
     check_output_dir(output_dir, overwrite)
+    model_dirs = [str(paths.local_copy(d)) for d in model_dirs]  # gs:// inputs: local copies
     configs, sources = open_models(model_dirs)
     config = check_slices(slices, configs)
     scales = output_scales(slices, init)
@@ -94,6 +95,7 @@ def merge_hf(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dty
     check_output_dir(output_dir, overwrite)
     if len(model_dirs) != spec.num_models:
         raise SolarError(f"{len(model_dirs)} model dirs for a spec of {spec.num_models}")
+    model_dirs = [str(paths.local_copy(d)) for d in model_dirs]  # gs:// inputs: local copies
     configs, sources = open_models(model_dirs)
     check_same_configs(configs, list(model_dirs))
     config = configs[0]

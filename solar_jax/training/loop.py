@@ -356,7 +356,8 @@ def _check_run_file(workdir: Path, source: ModelSource, c) -> dict[str, Any] | N
     Returns the record to write once the run has started (None: it is there already)."""
     if workdir.exists() and not workdir.is_dir():
         raise SolarError(f"workdir {workdir} is a file, not a directory")
-    record = run_record(source.config, source.model_dir, c)
+    # A gs:// model_dir is recorded as its URL, not as this host's cache path.
+    record = run_record(source.config, c.model_dir if paths.is_remote(c.model_dir) else source.model_dir, c)
     if not (workdir / RUN_FILE).exists():
         return record
     previous = read_run_record(workdir)

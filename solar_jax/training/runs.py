@@ -1,7 +1,9 @@
 """Run directories as weight sources: a run's record (run.json) and its checkpoints.
 
 A run dir holds run.json (the model config, its source, the run config) and checkpoints/;
-up-scaling, merging, evaluation and export take one wherever they take an HF dir.
+up-scaling, merging, evaluation and export take one wherever they take an HF dir. A gs://
+run dir (or HF dir) is read from a local copy (weights/paths.py); run.json records a
+remote model_dir as its URL, resolved again where its tokenizer files are needed.
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ from solar_jax.models.config import ModelConfig
 from solar_jax.training import sharding
 from solar_jax.training.checkpoint import Checkpointer
 from solar_jax.training.state import state_layout
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 
 RUN_FILE = "run.json"
 
 
 def is_run_dir(path: str | Path) -> bool:
+    if paths.is_remote(path):
+        url = str(path).rstrip("/")
+        return paths.is_file(f"{url}/{RUN_FILE}") and paths.exists(f"{url}/checkpoints")
     return (Path(path) / RUN_FILE).is_file() and (Path(path) / "checkpoints").is_dir()
+
+
+def source_dir(record: dict[str, Any]) -> str | None:
+    """The run's model_dir (its tokenizer files), a local copy if it is remote."""
+    model_dir = record.get("model_dir")
+    return str(paths.local_copy(model_dir)) if model_dir and paths.is_remote(model_dir) else model_dir
 
 
 def run_record(model_config: ModelConfig, model_dir: str | None, c) -> dict[str, Any]:
@@ -47,6 +58,7 @@ def read_run_record(workdir: str | Path) -> dict[str, Any]:
 
 def model_config_of(path: str | Path) -> ModelConfig:
     """The model config of an HF dir or a run dir."""
+    path = paths.local_copy(str(path))
     if is_run_dir(path):
         return ModelConfig.from_hf_config(read_run_record(path)["model_config"])
     return ModelConfig.from_hf_config(hf.read_hf_config(path))
@@ -54,7 +66,7 @@ def model_config_of(path: str | Path) -> ModelConfig:
 
 def load_run_params(workdir: str | Path, step: int | None = None) -> tuple[dict, ModelConfig, dict[str, Any], int]:
     """(params, model config, run record, step) from a solar_jax run's checkpoint (host memory)."""
-    workdir = Path(workdir)
+    workdir = paths.local_copy(str(workdir))
     if not is_run_dir(workdir):
         raise SolarError(f"{workdir} is not a solar_jax run directory (no {RUN_FILE} and checkpoints/)")
     record = read_run_record(workdir)
@@ -73,8 +85,9 @@ def load_run_params(workdir: str | Path, step: int | None = None) -> tuple[dict,
 
 def load_params_any(path: str) -> tuple[dict, ModelConfig, str | None]:
     """An HF dir or a run dir (its latest checkpoint) -> (params, config, tokenizer source)."""
+    path = str(paths.local_copy(path))
     if is_run_dir(path):
         params, config, record, _ = load_run_params(path)
-        return params, config, record.get("model_dir")
+        return params, config, source_dir(record)
     config = ModelConfig.from_hf_config(hf.read_hf_config(path))
     return hf.load_hf_params(path, config), config, path

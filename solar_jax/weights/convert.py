@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig
 from solar_jax.weights.outdir import check_output_dir
@@ -23,6 +23,7 @@ def convert(model_dir: str, output_dir: str, dtype: str = "", max_shard_size: st
     if not model_dir:
         raise SolarError("model_dir is required (--config.model_dir=HF_DIR)")
     check_output_dir(output_dir, overwrite)
+    model_dir = str(paths.local_copy(model_dir))  # a gs:// HF dir: read from a local copy
     hf_config = hf.read_hf_config(model_dir)
     dtype = dtype or source_dtype(hf_config)
     hf.export_dtype(dtype)

@@ -23,7 +23,7 @@ import numpy as np
 from solar_jax.models import transformer as model_lib
 from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig
-from solar_jax.weights.outdir import atomic_output_dir
+from solar_jax.weights.outdir import atomic_output_dir, output_path
 from solar_jax.weights.safetensors_io import SafetensorsReader, SafetensorsWriter
 
 TOKENIZER_FILES = (
@@ -343,12 +343,12 @@ def save_hf_params(params: dict, config: ModelConfig, out_dir: str | Path, *, dt
         # the writer's order; only process 0 writes.
         for k in table:
             produce(k.hf_name)
-        return Path(out_dir)
+        return output_path(out_dir)
     with atomic_output_dir(out_dir, overwrite) as tmp:
         write_config(tmp, config, dtype, source_dir)
         copy_side_files(source_dir, tmp)
         write_shards(tmp, [(k.hf_name, target, k.hf_shape) for k in table], produce, max_bytes, on_tensor)
-    return Path(out_dir)
+    return output_path(out_dir)
 
 
 def save_hf(model: model_lib.Transformer, out_dir: str | Path, *, dtype: str = "float32",

@@ -4,6 +4,12 @@ The sibling is `.NAME.tmp-HOST-PID-XXXX`: a process killed mid-write (SIGKILL, a
 machine) leaves it behind, and the next write to the same output removes those of this
 host whose process is gone. The finished dir follows the umask like any file a user writes
 (mkdtemp alone would leave it 0700).
+
+A gs:// (any fsspec URL) output is written the same way into a local staging dir, then
+uploaded on success: small files (config.json, manifests) last, so a reader that checks
+for config.json never sees a dir without its tensors. An object store has no rename, so a
+killed upload can leave a partial output; the next write then refuses it as non-empty
+until --config.overwrite=True, which removes it first.
 """
 
 from __future__ import annotations
@@ -18,18 +24,31 @@ from pathlib import Path
 from typing import Iterator
 
 from solar_jax.errors import SolarError
+from solar_jax.weights import paths
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuses a non-empty dir unless `overwrite`; call it before any expensive work."""
-    out = Path(path)
+def check_output_dir(path: str | os.PathLike, overwrite: bool):
+    """Refuses a non-empty dir unless `overwrite`; call it before any expensive work.
+    Returns a Path (an etils.epath.Path for a remote URL, which keeps its `gs://`)."""
     if not str(path):
         raise SolarError("output_dir is empty")
+    if paths.is_remote(path):
+        if paths.is_file(str(path)):
+            raise SolarError(f"output_dir {path} exists and is not a directory")
+        if paths.is_nonempty_dir(str(path)) and not overwrite:
+            raise SolarError(f"output_dir {path} is not empty (pass --config.overwrite=True to replace it)")
+        return paths.epath(path)
+    out = Path(path)
     if out.exists() and not out.is_dir():
         raise SolarError(f"output_dir {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SolarError(f"output_dir {out} is not empty (pass --config.overwrite=True to replace it)")
     return out
+
+
+def output_path(path: str | os.PathLike):
+    """`path` as a Path, or an etils.epath.Path for a remote URL (pathlib would fold gs://)."""
+    return paths.epath(path) if paths.is_remote(path) else Path(path)
 
 
 def _host() -> str:
@@ -70,6 +89,10 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling dir; on success it replaces `path`, on error it is removed."""
+    if paths.is_remote(path):
+        with _remote_output_dir(str(path), overwrite) as tmp:
+            yield tmp
+        return
     out = check_output_dir(path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(out)
@@ -88,3 +111,17 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+@contextlib.contextmanager
+def _remote_output_dir(url: str, overwrite: bool) -> Iterator[Path]:
+    """A local staging dir uploaded to `url` on success (the old contents removed first)."""
+    check_output_dir(url, overwrite)
+    staging = paths.cache_root() / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=staging))
+    try:
+        yield tmp
+        paths.upload_dir(tmp, url, replace=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

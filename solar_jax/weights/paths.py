@@ -198,6 +198,29 @@ class Mirror:
                     self._sent[rel] = digest
 
 
+def upload_dir(local: Path, url: str, replace: bool = False) -> None:
+    """Uploads a local dir's files to `url` (its old contents removed first if `replace`),
+    largest first: the small files readers look for (config.json, manifests) arrive last."""
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (-p.stat().st_size, str(p)))
+    with remote_errors(url):
+        if replace:
+            remove_tree(url)
+        root = epath(url)
+        root.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            dest = root / path.relative_to(local).as_posix()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(path.read_bytes())
+
+
+def local_inputs(value: str) -> str:
+    """A comma-separated list of input paths with each remote one replaced by its local
+    copy (commands read HF dirs and run dirs from real files)."""
+    if not value or not is_remote(value):
+        return value
+    return ",".join(str(local_copy(v.strip())) if is_remote(v.strip()) else v for v in value.split(","))
+
+
 def is_nonempty_dir(url: str) -> bool:
     with remote_errors(url):
         root = epath(url)
