@@ -57,4 +57,8 @@ def get_config(arg=None):
         c.batches = 20
         c.workers = 2  # tokenize processes
         c.chip, c.chips_per_host, c.mfu = "TPU v5p", 4, 0.5  # the need: an estimate, see bench/data.py
+        # The step's tokens/s per chip from `plan --compile` (XLA's TPU cost model: an
+        # estimate) for configs/cpt.py:solar on v5p-128, seq 4096
+        # (docs/results/tpu-2026-12-02/cpt-v5p-128.txt); 0 = from chip peak x mfu instead.
+        c.tokens_per_chip = 4942.0
     return c

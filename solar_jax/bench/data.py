@@ -7,9 +7,11 @@ real model's tokenizer), each measured in this process:
   tokenize solar_jax.tokenize's writer (all workers), once per corpus
   shards   packed batches read from the shards (one stream, the whole batch), and per
            host with data.stream_per_row (the rows of one host of `hosts`)
-The need: chips per host x the step's tokens/s per chip, estimated as peak FLOP/s x mfu /
-train FLOPs per token of the SOLAR model (metrics.train_flops_per_token) - an estimate
-from a FLOP count and an assumed MFU, not a measurement.
+The need: chips per host x the step's tokens/s per chip: by default the figure `plan
+--compile` estimates for the SOLAR CPT step on v5p-128 (XLA's TPU cost model and the
+collective bytes; configs/bench.py:data's tokens_per_chip), or with tokens_per_chip=0 peak
+FLOP/s x mfu / train FLOPs per token of the SOLAR model (metrics.train_flops_per_token).
+Estimates both, not measurements.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ def main(c: ml_collections.ConfigDict) -> None:
         raise SolarError(f"unknown chip {c.chip!r}; known: {', '.join(PEAK_FLOPS)}")
     if c.hosts <= 0 or c.batch_size % c.hosts:
         raise SolarError(f"batch_size ({c.batch_size}) must be a multiple of hosts ({c.hosts})")
-    solar = preset("solar-10.7b")
-    per_chip = PEAK_FLOPS[c.chip] * c.mfu / train_flops_per_token(solar, c.seq_len)
+    if c.tokens_per_chip > 0:
+        per_chip, source = c.tokens_per_chip, "from plan --compile's step estimate"
+    else:
+        per_chip = PEAK_FLOPS[c.chip] * c.mfu / train_flops_per_token(preset("solar-10.7b"), c.seq_len)
+        source = f"at MFU {c.mfu:.0%}"
     need = per_chip * c.chips_per_host
-    print(f"need (estimate): {c.chips_per_host} x {c.chip} chips at MFU {c.mfu:.0%} on SOLAR 10.7B, seq {c.seq_len}: "
+    print(f"need (estimate): {c.chips_per_host} x {c.chip} chips {source} on SOLAR 10.7B, seq {c.seq_len}: "
           f"{per_chip:,.0f} tokens/s per chip, {need:,.0f} per host")
     model_dir = str(resolve_model_dir(c.model_dir))
     tokenizer = data_lib.load_tokenizer("", model_dir)
