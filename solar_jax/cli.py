@@ -41,6 +41,7 @@ def apply_default_xla_flags() -> None:
     if missing:
         os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
     tpu.apply_libtpu_flags()  # read only where jax loads libtpu (TPU hosts, plan --compile)
+    tpu.quiet_off_tpu()  # libtpu installed on a host without TPU chips: no start-up errors
 
 
 def fail(message: str, code: int = 2) -> None:

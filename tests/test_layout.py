@@ -2,6 +2,7 @@
 public API holds whatever is imported, and every command runs without runpy's warning."""
 
 import ast
+import os
 import importlib
 import subprocess
 import sys
@@ -131,3 +132,17 @@ def test_old_flag_names_name_the_new_ones(tmp_path):
     assert r.returncode == 2 and "use --config.yaml=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_command("solar_jax.recipe", "--config.out_dir=x")
     assert r.returncode == 2 and "--config.output_dir" in r.stderr
+
+
+
+def test_a_run_on_a_host_without_tpu_chips_prints_no_libtpu_errors(tmp_path):
+    # libtpu is installed (the test extra) and jax loads its plugin on every start; without
+    # a chip it printed five lines of errors about the host (TPU_WORKER_HOSTNAMES, ...).
+    # As a user starts it: the suite's JAX_PLATFORMS=cpu and quiet TF logging left out.
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")
+           and not k.startswith("TPU_")}
+    r = subprocess.run([sys.executable, "-m", "solar_jax.train", "--config=configs/cpt.py:tiny", "--config.num_steps=1",
+                        f"--config.workdir={tmp_path / 'w'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not [l for l in r.stderr.splitlines() if "TPU" in l or "InitGoogle" in l], r.stderr[-2000:]

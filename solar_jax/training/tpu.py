@@ -95,17 +95,48 @@ def libtpu_available() -> bool:
     return bool(os.environ.get("TPU_LIBRARY_PATH")) or importlib.util.find_spec("libtpu") is not None
 
 
+# The host variables quiet_off_tpu set (not the user): compile_host_env may replace them.
+_DEFAULTED: set[str] = set()
+
+
+def _host_env(one_host: str) -> tuple[tuple[str, str], ...]:
+    # libtpu describes the host it runs on from the GCE metadata server or these variables;
+    # off a TPU VM it logs errors about them: say this is one small host.
+    return (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", one_host),
+            ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0"))
+
+
+def _tpu_chips_attached() -> int:
+    try:  # jax's own PCI scan (what it uses to decide whether this is a TPU VM)
+        from jax._src import hardware_utils
+
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0]
+    except Exception:  # a jax without it: assume chips, change nothing
+        return 1
+
+
+def quiet_off_tpu() -> None:
+    """With libtpu installed (the test extra) on a host without TPU chips, jax still loads the
+    TPU plugin and libtpu prints five lines of errors about the host on every command's start;
+    the host variables silence it (jax then finds no chip and uses the CPU or GPU). On a TPU
+    VM, or where the user set them, nothing changes. Call before jax starts a backend."""
+    if not libtpu_available() or _tpu_chips_attached():
+        return
+    for key, value in _host_env("v5p-8"):
+        if key not in os.environ:
+            os.environ[key] = value
+            _DEFAULTED.add(key)
+
+
 def compile_host_env(device: str) -> None:
     """Environment for libtpu on a host that only compiles; call before jax starts a backend
     (libtpu reads it when jax loads the TPU plugin)."""
     # Tests and benchmarks may load libtpu in several processes at once; without this its lock
     # file refuses the second. Ahead-of-time compiles share no chip, so nothing is contended.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    # libtpu describes the host it runs on from the GCE metadata server or these variables; off
-    # a TPU VM it logs errors about them (harmless for compiles): say this is one small host.
-    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", _ONE_HOST.get(device, "v5p-8")),
-                       ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
-        os.environ.setdefault(key, value)
+    for key, value in _host_env(_ONE_HOST.get(device, "v5p-8")):  # harmless for compiles, but loud
+        if key not in os.environ or key in _DEFAULTED:
+            os.environ[key] = value
     apply_libtpu_flags()
 
 
