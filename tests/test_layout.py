@@ -2,8 +2,8 @@
 public API holds whatever is imported, and every command runs without runpy's warning."""
 
 import ast
-import os
 import importlib
+import os
 import subprocess
 import sys
 
@@ -132,7 +132,6 @@ def test_old_flag_names_name_the_new_ones(tmp_path):
     assert r.returncode == 2 and "use --config.yaml=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_command("solar_jax.recipe", "--config.out_dir=x")
     assert r.returncode == 2 and "--config.output_dir" in r.stderr
-
 
 
 def test_a_run_on_a_host_without_tpu_chips_prints_no_libtpu_errors(tmp_path):

@@ -15,6 +15,11 @@ import os
 
 from jax.experimental import topologies
 
+try:  # jax's own PCI scan for TPU chips (private: a jax without it changes nothing here)
+    from jax._src import hardware_utils
+except ImportError:
+    hardware_utils = None
+
 from solar_jax.errors import SolarError
 
 GB = 1e9
@@ -107,11 +112,13 @@ def _host_env(one_host: str) -> tuple[tuple[str, str], ...]:
 
 
 def _tpu_chips_attached() -> int:
-    try:  # jax's own PCI scan (what it uses to decide whether this is a TPU VM)
-        from jax._src import hardware_utils
-
+    """TPU chips on this host's PCI bus, as jax counts them to decide it is on a TPU VM
+    (1 where that scan is unavailable: assume chips, change nothing)."""
+    if hardware_utils is None or not hasattr(hardware_utils, "num_available_tpu_chips_and_device_id"):
+        return 1
+    try:
         return hardware_utils.num_available_tpu_chips_and_device_id()[0]
-    except Exception:  # a jax without it: assume chips, change nothing
+    except OSError:  # an unreadable /sys: the same
         return 1
 
 

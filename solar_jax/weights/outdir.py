@@ -37,7 +37,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool):
             raise SolarError(f"output_dir {path} exists and is not a directory")
         if paths.is_nonempty_dir(str(path)) and not overwrite:
             raise SolarError(f"output_dir {path} is not empty (pass --config.overwrite=True to replace it)")
-        return paths.epath(path)
+        return output_path(path)
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise SolarError(f"output_dir {out} exists and is not a directory")

@@ -213,14 +213,6 @@ def upload_dir(local: Path, url: str, replace: bool = False) -> None:
             dest.write_bytes(path.read_bytes())
 
 
-def local_inputs(value: str) -> str:
-    """A comma-separated list of input paths with each remote one replaced by its local
-    copy (commands read HF dirs and run dirs from real files)."""
-    if not value or not is_remote(value):
-        return value
-    return ",".join(str(local_copy(v.strip())) if is_remote(v.strip()) else v for v in value.split(","))
-
-
 def is_nonempty_dir(url: str) -> bool:
     with remote_errors(url):
         root = epath(url)
