@@ -2,12 +2,14 @@
 command instead of running it.
 
   python3 launch/launcher.py tpu --name=solar --zone=us-east5-a --accelerator=v5p-128 \\
-      [--project=P] [--spot] [--reuse] [--delete] [--dry_run] -- --config=configs/cpt.py:solar ...
+      [--project=P] [--spot] [--reuse] [--delete] [--gcsfuse=BUCKET:/mnt/dir] [--dry_run] \\
+      -- --config=configs/cpt.py:solar ...
   python3 launch/launcher.py gpu --hosts=gpu0,gpu1 [--port=8476] [--dry_run] -- --config=... ...
 
 TPU: create (or --reuse) the slice, copy this checkout (git archive of HEAD) to every worker,
 install it (launch/setup.sh with jax[tpu]) on worker 0 first, then on all (a broken set-up
-fails once, fast), run the train command on all workers at once (`--worker=all`;
+fails once, fast), mount --gcsfuse buckets read-only on every worker (token shards are then
+read in place, each host fetching only its records), run the train command on all workers at once (`--worker=all`;
 jax.distributed auto-detects the slice), stream the logs, and with --delete tear the slice
 down afterwards. GPU hosts: rsync the checkout to each host and set it up, host 0 first and
 one after another, then start one process per host over ssh with host 0 as the
@@ -70,6 +72,17 @@ def remote_train(train_args: list[str]) -> str:
     return f"set -o pipefail; cd {REMOTE_DIR} && {cmd} 2>&1 | tee -a train.log"
 
 
+def gcsfuse_mounts(text: str) -> list[tuple[str, str]]:
+    """'bucket:/mnt/dir[,bucket2:/mnt/dir2]' -> [(bucket, mount point)]."""
+    mounts = []
+    for item in (x for x in text.split(",") if x):
+        bucket, sep, mount_point = item.removeprefix("gs://").partition(":")
+        if not sep or not bucket or "/" in bucket.rstrip("/") or not mount_point.startswith("/"):
+            raise ValueError(f"--gcsfuse takes BUCKET:/absolute/mount/point, got {item!r}")
+        mounts.append((bucket.rstrip("/"), mount_point))
+    return mounts
+
+
 def tpu_commands(a) -> list[list[str]]:
     where = ["--zone", a.zone] + (["--project", a.project] if a.project else [])
     tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
@@ -86,6 +99,9 @@ def tpu_commands(a) -> list[list[str]]:
     # fails once, fast, before 16 or 64 workers fail the same way.
     cmds.append(tpu + ["ssh", a.name, *where, "--worker=0", "--command", setup])
     cmds.append(tpu + ["ssh", a.name, *where, "--worker=all", "--command", setup])
+    for bucket, mount_point in a.gcsfuse:
+        mount = f"cd {REMOTE_DIR} && bash launch/gcsfuse_mount.sh {shlex.quote(bucket)} {shlex.quote(mount_point)}"
+        cmds.append(tpu + ["ssh", a.name, *where, "--worker=all", "--command", mount])
     cmds.append(tpu + ["ssh", a.name, *where, "--worker=all", "--command",
                        remote_train(["--distributed=on", *a.train_args])])
     if a.delete:
@@ -173,6 +189,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     _add_boolean(t, "spot", "a spot (preemptible) slice")
     _add_boolean(t, "reuse", "use an existing slice of that name")
     _add_boolean(t, "delete", "delete the slice when the job ends")
+    t.add_argument("--gcsfuse", default="", help="BUCKET:/mnt/dir[,...]: mount read-only on every worker")
     _add_boolean(t, "dry_run", "print every command instead of running it")
     g = sub.add_parser("gpu", help="GPU hosts over ssh")
     g.add_argument("--hosts", required=True, help="comma-separated [user@]host list; the first coordinates")
@@ -187,6 +204,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if a.target == "tpu":
         try:
             tpu_runtime(a.accelerator)
+            a.gcsfuse = gcsfuse_mounts(a.gcsfuse)
         except ValueError as e:
             p.error(str(e))
     elif not [h for h in a.hosts.split(",") if h]:

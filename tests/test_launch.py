@@ -149,3 +149,45 @@ def test_setup_refuses_a_venv_made_with_python_310(tmp_path):
     r = subprocess.run(["/bin/bash", "launch/setup.sh"], cwd=work, capture_output=True, text=True, timeout=60,
                        env=dict(PATH="/usr/bin:/bin", SOLAR_JAX_ACCELERATOR="tpu"))
     assert r.returncode == 2 and "remove .venv and rerun" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tpu_gcsfuse_mounts_the_bucket_on_every_worker_before_training():
+    rc, lines, err = _dry_run("tpu_pod.sh", "--name=solar", "--zone=z", "--accelerator=v5p-128", "--reuse",
+                              "--gcsfuse=gs://corpus-bucket:/mnt/corpus", "--dry_run", "--",
+                              "--config=configs/cpt.py:solar", "--config.data.train_files=/mnt/corpus/shards")
+    assert rc == 0, err
+    mount = ("gcloud compute tpus tpu-vm ssh solar --zone z --worker=all --command "
+             "'cd solar_jax && bash launch/gcsfuse_mount.sh corpus-bucket /mnt/corpus'")
+    assert mount in lines and lines.index(mount) == len(lines) - 2  # after the set-up, before the train command
+    for bad in ("corpus-bucket", "corpus-bucket:relative/dir", "corpus-bucket/sub:/mnt/x"):
+        rc, _, err = _dry_run("tpu_pod.sh", "--name=solar", "--zone=z", "--accelerator=v5p-128", f"--gcsfuse={bad}",
+                              "--dry_run", "--", *TRAIN)
+        assert rc == 2 and err.count("\n") == 1 and "--gcsfuse takes BUCKET:/absolute/mount/point" in err, err
+
+
+GCSFUSE = """#!/bin/bash
+echo "gcsfuse $*" >> "$LOG"
+"""
+SUDO = """#!/bin/bash
+echo "sudo $*" >> "$LOG"
+exec "$@"
+"""
+
+
+def test_gcsfuse_mount_script_mounts_read_only_and_installs_nothing_when_present(tmp_path):
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name, text in (("gcsfuse", GCSFUSE), ("sudo", SUDO)):
+        (shims / name).write_text(text)
+        (shims / name).chmod(0o755)
+    log, mount_point = tmp_path / "calls.log", tmp_path / "mnt" / "corpus"
+    env = dict(PATH=f"{shims}:/usr/bin:/bin", LOG=str(log))
+    r = subprocess.run(["bash", "launch/gcsfuse_mount.sh", "gs://corpus-bucket/", str(mount_point)], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[-1] == f"gcsfuse -o ro --implicit-dirs corpus-bucket {mount_point}"
+    assert not any("apt-get" in c for c in calls) and mount_point.is_dir()
+    bad = subprocess.run(["bash", "launch/gcsfuse_mount.sh", "gs://corpus-bucket/sub", str(mount_point)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1

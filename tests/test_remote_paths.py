@@ -186,3 +186,20 @@ def test_commands_read_and_write_gs(gcs, tiny_hf, tmp_path):
     layer = next(k for k in expected if k.startswith("model.layers.0."))
     np.testing.assert_array_equal(up[layer.replace("layers.0.", "layers.2.")], expected[layer])
     assert not list((Path(env["SOLAR_JAX_CACHE"]) / "staging").iterdir())  # staging dirs are cleaned up
+
+
+def test_tokenize_to_gs_and_train_from_the_gs_shard_dir(gcs, tmp_path):
+    env, fs = gcs
+    corpus = _corpus(tmp_path / "corpus")
+    fs.put(str(corpus), f"{BUCKET}/tok-corpus", recursive=True)
+    shards = f"gs://{BUCKET}/tokens/bytes"
+    r = _command(env, "solar_jax.tokenize", "--config=configs/tokenize.py", "--config.tokenizer=bytes",
+                 f"--config.data_files=gs://{BUCKET}/tok-corpus/*.jsonl", f"--config.output_dir={shards}",
+                 "--config.documents_per_shard=25", "--config.num_workers=1")
+    assert r.returncode == 0 and f"wrote {shards}" in r.stdout, r.stderr[-2000:]
+    assert any(p.endswith(".array_record") for p in fs.ls(shards.removeprefix("gs://")))
+    r = _train(env, "--config=configs/cpt.py:tiny", "--config.upscale_m=-1", "--config.num_steps=2",
+               f"--config.data.train_files={shards}", f"--config.workdir={tmp_path / 'w'}", timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # The remote shard dir is copied to each host; the run says so and how to read in place.
+    assert f"copying the token shards {shards} to this host" in r.stdout and "--gcsfuse=" in r.stdout

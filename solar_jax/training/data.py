@@ -265,7 +265,12 @@ class Corpus:
 
 def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
     """train_files is a token shard dir: the same split and drops as for its text."""
-    path = str(paths.local_copy(data_cfg.train_files.strip()))  # a gs:// shard dir is read from a local copy
+    url = data_cfg.train_files.strip()
+    if paths.is_remote(url):
+        _say_once(f"copying the token shards {url} to this host (each host copies them whole and reads its "
+                  f"1/N); to read only this host's records in place, mount the bucket (launch/tpu_pod.sh "
+                  f"--gcsfuse=BUCKET:/mnt/DIR) and set --config.data.train_files=/mnt/DIR/...")
+    path = str(paths.local_copy(url))  # a gs:// shard dir is read from a local copy
     manifest, lengths = token_shards.load_documents(path, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
     if data_cfg.eval_files:
         train_idx, evals = list(range(len(lengths))), _eval_documents(data_cfg, tokenizer)
@@ -277,6 +282,14 @@ def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
     if not len(train):
         raise SolarError("the training data has no document of 2 or more tokens")
     return Corpus(train, evals)
+
+
+def _say_once(text: str) -> None:
+    """Prints on the first process only (every host runs the data pipeline)."""
+    import jax
+
+    if jax.process_index() == 0:
+        print(text, flush=True)
 
 
 def _eval_documents(data_cfg, tokenizer) -> list[np.ndarray]:
