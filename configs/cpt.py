@@ -55,7 +55,9 @@ def get_config(arg=None):
         # 4 microbatches of 4 rows per chip: 72.5 GiB of a v5p chip's 95 with splash attention,
         # compiled by libtpu (python -m solar_jax.plan --config=configs/cpt.py:solar
         # --config.model_preset=mistral-7b --device=v5p-128 --compile); one batch of 16 rows
-        # would need ~273 GiB.
+        # would need ~273 GiB. Other slices (libtpu compiles, docs/results/tpu-2026-12-03):
+        # v6e-256 as is (19.4 GiB of 32); v4-128 --config.remat=full --config.grad_accum_steps=2
+        # (28.8 of 32); v5e-256 --config.remat=full --config.grad_accum_steps=1 (12.3 of 16).
         c.grad_accum_steps = 4
         c.mesh.data = 1
         c.mesh.fsdp = -1

@@ -41,6 +41,8 @@ def get_config(arg=None):
         c.workdir = "runs/solar-sft"
         c.num_steps, c.batch_size, c.seq_len = 2000, 256, 4096
         c.learning_rate, c.warmup_steps = 1e-5, 100
+        # v5p-128: 71.3 GiB of 95 per chip, v6e-256: 19.0 of 32 (libtpu compiles); v4-128 and
+        # v5e-256 need --config.remat=full (16.1 of 32, 5.2 of 16; docs/results/tpu-2026-12-03).
         c.dtype, c.remat = "bfloat16", "dots_no_batch"
         c.mesh.data, c.mesh.fsdp = 1, -1
         c.checkpoint_every = c.eval_every = 200

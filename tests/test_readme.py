@@ -120,9 +120,11 @@ def test_the_cheap_commands_run_as_written(real_model_dir, tmp_path):
 
 @pytest.mark.parametrize("script", ["tpu_pod.sh", "gpu_hosts.sh"])
 def test_the_launch_lines_parse_as_written(script):
-    (line,) = [l for l in _command_lines() if l.startswith(f"bash launch/{script}")]
-    words = shlex.split(line)
-    split = words.index("--")
-    r = subprocess.run(["bash", *words[1:split], "--dry_run", *words[split:]], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0 and "solar_jax.train" in r.stdout, r.stderr
+    lines = [l for l in _command_lines() if l.startswith(f"bash launch/{script}")]
+    assert lines
+    for line in lines:
+        words = shlex.split(line)
+        split = words.index("--")
+        r = subprocess.run(["bash", *words[1:split], "--dry_run", *words[split:]], cwd=REPO, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and "solar_jax.train" in r.stdout, (line, r.stderr)
