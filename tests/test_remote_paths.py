@@ -2,6 +2,7 @@
 package gcp-storage-emulator, started and stopped here, loopback only): the model dir, the
 data glob, the workdir (metrics, run.json, TensorBoard), the checkpoints and the export."""
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, kill_once
+from solar_jax.errors import SolarError
 from tests.test_hf_io import hf_tensors
 
 BUCKET = "solar-test"
@@ -203,3 +205,34 @@ def test_tokenize_to_gs_and_train_from_the_gs_shard_dir(gcs, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     # The remote shard dir is copied to each host; the run says so and how to read in place.
     assert f"copying the token shards {shards} to this host" in r.stdout and "--gcsfuse=" in r.stdout
+
+
+def test_a_pipeline_output_dir_on_gs_is_staged_and_published(gcs, tmp_path):
+    # recipe, reproduce and merge_gain write their stages locally (each reads the others'
+    # files as it goes) and upload the whole dir at the end.
+    from solar_jax.pipelines.recipe import fresh_output_dir, output_file
+    from solar_jax.weights.outdir import publish_output_dir
+
+    _, fs = gcs
+    url = f"gs://{BUCKET}/pipeline/out"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"x" * 1000)
+    out = fresh_output_dir(url, overwrite=False)
+    assert out.is_dir() and not list(out.iterdir())
+    (out / "base").symlink_to(model, target_is_directory=True)  # the recipe's link to its input model
+    (out / "cpt").mkdir()
+    (out / "cpt" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "results.json").write_text(json.dumps({"final": str(out / "final")}))
+    publish_output_dir(out, url)
+    assert not out.exists()
+    names = sorted(p.removeprefix(f"{BUCKET}/pipeline/out/") for p in fs.find(f"{BUCKET}/pipeline/out"))
+    assert names == ["cpt/metrics.jsonl", "results.json"]  # the linked input model is not uploaded
+    assert json.loads(fs.cat(f"{BUCKET}/pipeline/out/results.json")) == {"final": f"{url}/final"}
+    assert output_file(url, out, "results.md") == f"{url}/results.md"
+    # A non-empty gs:// output_dir is refused in one line, as for every command.
+    with pytest.raises(SolarError, match="is not empty"):
+        fresh_output_dir(url, overwrite=False)
+    again = fresh_output_dir(url, overwrite=True)
+    publish_output_dir(again, url)
+    assert not fs.find(f"{BUCKET}/pipeline/out")

@@ -36,14 +36,14 @@ from solar_jax.evaluation.tasks import load_for_eval
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
 from solar_jax.pipelines.merging import merge_dirs, spec_from_config
-from solar_jax.pipelines.recipe import fresh_output_dir, resolve_model_dir, stage_config
+from solar_jax.pipelines.recipe import fresh_output_dir, output_file, resolve_model_dir, stage_config
 from solar_jax.pipelines.stage_eval import heldout_loss, math_exact_match
 from solar_jax.surgery.merge_math import DOT_THRESHOLD
 from solar_jax.training import data as data_lib
 from solar_jax.training import docs_qa, sft_data, synth_math
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.weights import hf
-from solar_jax.weights.outdir import check_output_dir
+from solar_jax.weights.outdir import check_output_dir, publish_output_dir
 
 METHODS = ("average", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
@@ -257,7 +257,8 @@ def run(c) -> dict[str, Any]:
     (out / "merge_gain.md").write_text(report(results) + "\n")
     plot(results, out / "merge_gain.png")
     print(results["verdict"], flush=True)
-    print(f"done in {results['seconds'] / 60:.1f} min: {out / 'merge_gain.md'}", flush=True)
+    publish_output_dir(out, c.output_dir)
+    print(f"done in {results['seconds'] / 60:.1f} min: {output_file(c.output_dir, out, 'merge_gain.md')}", flush=True)
     return results
 
 

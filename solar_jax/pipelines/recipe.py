@@ -29,7 +29,7 @@ from solar_jax.training import task_data
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import plot_loss_curve
 from solar_jax.weights import hf, paths
-from solar_jax.weights.outdir import check_output_dir
+from solar_jax.weights.outdir import check_output_dir, publish_output_dir, staged_output_dir
 from solar_jax.weights.real_model import ensure_real_model
 
 STAGES = ("base", "upscaled", "cpt", "sft", "dpo_a", "dpo_b", "merge_average", "merge_slerp")
@@ -99,17 +99,23 @@ def resolve_model_dir(model_dir: str) -> Path:
 
 
 def fresh_output_dir(out_dir: str, overwrite: bool) -> Path:
-    """output_dir, empty: refused if it holds anything, unless overwrite (then cleared)."""
+    """output_dir, empty: refused if it holds anything, unless overwrite (then cleared). A gs://
+    output_dir is written locally first (the stages read each other's files as they go) and
+    uploaded by publish_output_dir at the end."""
     if not out_dir:
         raise SolarError("output_dir is required (--config.output_dir=OUT)")
-    if paths.is_remote(out_dir):  # its stages write and read each other's files as they go
-        raise SolarError(f"output_dir {out_dir}: this pipeline writes its stages to a local dir; give a local "
-                         "output_dir and copy it to gs:// when it is done (gcloud storage cp -r)")
+    if paths.is_remote(out_dir):
+        return staged_output_dir(out_dir, overwrite)
     out = check_output_dir(out_dir, overwrite)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return out
+
+
+def output_file(out_dir: str, out: Path, name: str) -> str:
+    """Where a pipeline's file ended up: under the gs:// output_dir once published."""
+    return f"{out_dir.rstrip('/')}/{name}" if paths.is_remote(out_dir) else str(out / name)
 
 
 def run_recipe(r) -> dict[str, Any]:
@@ -167,7 +173,8 @@ def run_recipe(r) -> dict[str, Any]:
     results["total_seconds"] = time.perf_counter() - clock.start
     results["settings"] = json.loads(r.to_json_best_effort())
     write_report(out, results)
-    print(f"done in {results['total_seconds'] / 60:.1f} min: {out / 'results.md'}", flush=True)
+    publish_output_dir(out, r.output_dir)
+    print(f"done in {results['total_seconds'] / 60:.1f} min: {output_file(r.output_dir, out, 'results.md')}", flush=True)
     return results
 
 

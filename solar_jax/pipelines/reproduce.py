@@ -24,7 +24,7 @@ from solar_jax.errors import SolarError
 from solar_jax.evaluation.tasks import load_for_eval
 from solar_jax.models.config import ModelConfig
 from solar_jax.pipelines.recipe import build_stage_data
-from solar_jax.pipelines.recipe import fresh_output_dir
+from solar_jax.pipelines.recipe import fresh_output_dir, output_file
 from solar_jax.pipelines.recipe import resolve_model_dir
 from solar_jax.pipelines.recipe import stage_config
 from solar_jax.pipelines.stage_eval import evaluate_stage
@@ -36,7 +36,7 @@ from solar_jax.training import data as data_lib
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import read_metrics
 from solar_jax.weights import hf
-from solar_jax.weights.outdir import check_output_dir
+from solar_jax.weights.outdir import check_output_dir, publish_output_dir
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -212,7 +212,8 @@ def run(c) -> dict[str, Any]:
     (out / "reproduce.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "reproduce.md").write_text(report(results) + "\n")
     plot(results, out)
-    print(f"done in {results['seconds'] / 60:.1f} min: {out / 'reproduce.md'}", flush=True)
+    publish_output_dir(out, c.output_dir)
+    print(f"done in {results['seconds'] / 60:.1f} min: {output_file(c.output_dir, out, 'reproduce.md')}", flush=True)
     return results
 
 

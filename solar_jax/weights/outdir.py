@@ -125,3 +125,34 @@ def _remote_output_dir(url: str, overwrite: bool) -> Iterator[Path]:
         paths.upload_dir(tmp, url, replace=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staged_output_dir(url: str, overwrite: bool) -> Path:
+    """For a pipeline whose stages read each other's files as they go (recipe, reproduce,
+    merge_gain): a fresh local dir to write into, published to the gs:// `url` by
+    publish_output_dir when the run ends. A run that fails leaves it in the cache."""
+    check_output_dir(url, overwrite)
+    staging = paths.cache_root() / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=staging))
+    print(f"writing {url} in {tmp} first; it is uploaded when the run ends", flush=True)
+    return tmp
+
+
+# Files whose text names the output dir (reports, results, logs): the local staging path in
+# them becomes the URL.
+_TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".log")
+
+
+def publish_output_dir(local: Path, url: str) -> None:
+    """Uploads a staged_output_dir to `url` (links to local inputs, such as the recipe's
+    base/, are left out) and removes it; a local output dir stays as it is."""
+    if not paths.is_remote(url):
+        return
+    for f in local.rglob("*"):
+        if f.suffix in _TEXT_SUFFIXES and f.is_file() and not f.is_symlink():
+            text = f.read_text(errors="replace")
+            if str(local) in text:
+                f.write_text(text.replace(str(local), url.rstrip("/")))
+    paths.upload_dir(local, url, replace=True, follow_links=False)
+    shutil.rmtree(local, ignore_errors=True)

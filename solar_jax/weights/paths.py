@@ -198,10 +198,16 @@ class Mirror:
                     self._sent[rel] = digest
 
 
-def upload_dir(local: Path, url: str, replace: bool = False) -> None:
+def upload_dir(local: Path, url: str, replace: bool = False, follow_links: bool = True) -> None:
     """Uploads a local dir's files to `url` (its old contents removed first if `replace`),
-    largest first: the small files readers look for (config.json, manifests) arrive last."""
-    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (-p.stat().st_size, str(p)))
+    largest first: the small files readers look for (config.json, manifests) arrive last.
+    follow_links=False leaves out symlinks and whatever lies under a linked dir."""
+    def under_link(p: Path) -> bool:
+        rel = p.relative_to(local)
+        return any((local / q).is_symlink() for q in (rel, *rel.parents) if q != Path("."))
+
+    files = sorted((p for p in local.rglob("*") if p.is_file() and (follow_links or not under_link(p))),
+                   key=lambda p: (-p.stat().st_size, str(p)))
     with remote_errors(url):
         if replace:
             remove_tree(url)
