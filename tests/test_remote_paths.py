@@ -236,3 +236,21 @@ def test_a_pipeline_output_dir_on_gs_is_staged_and_published(gcs, tmp_path):
     again = fresh_output_dir(url, overwrite=True)
     publish_output_dir(again, url)
     assert not fs.find(f"{BUCKET}/pipeline/out")
+
+
+def test_reproduce_reads_a_recipe_dir_on_gs(gcs, tmp_path):
+    from solar_jax.pipelines.reproduce import recipe_candidates
+
+    _, fs = gcs
+    for name in ("dpo_a", "dpo_b"):
+        hf_dir = tmp_path / "recipe" / name / "hf"
+        hf_dir.mkdir(parents=True)
+        (hf_dir / "config.json").write_text(json.dumps({"name": name}))
+    (tmp_path / "recipe" / "cpt").mkdir()
+    (tmp_path / "recipe" / "cpt" / "big.bin").write_bytes(b"0" * 4096)  # not read by reproduce
+    fs.put(str(tmp_path / "recipe"), f"{BUCKET}/recipe", recursive=True)
+    got = recipe_candidates(f"gs://{BUCKET}/recipe")
+    assert [json.loads((Path(d) / "config.json").read_text())["name"] for d in got] == ["dpo_a", "dpo_b"]
+    assert recipe_candidates(str(tmp_path / "recipe")) == [str(tmp_path / "recipe" / n / "hf") for n in ("dpo_a", "dpo_b")]
+    with pytest.raises(SolarError, match="has no dpo_a/hf and dpo_b/hf"):
+        recipe_candidates(f"gs://{BUCKET}/no-recipe")

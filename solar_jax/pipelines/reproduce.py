@@ -35,7 +35,7 @@ from solar_jax.surgery import seam, upscale
 from solar_jax.training import data as data_lib
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import read_metrics
-from solar_jax.weights import hf
+from solar_jax.weights import hf, paths
 from solar_jax.weights.outdir import check_output_dir, publish_output_dir
 
 
@@ -138,10 +138,25 @@ def seam_correlations(entries: list[dict]) -> dict[str, float | None]:
                                                   for e in sweep]))
 
 
+def recipe_candidates(recipe_dir: str) -> list[str]:
+    """A recipe run's two DPO candidates (dpo_a/hf, dpo_b/hf) as local dirs; a gs:// recipe
+    dir's two are copied into the cache (nothing else of the run is read)."""
+    dirs = []
+    for name in ("dpo_a", "dpo_b"):
+        url = f"{recipe_dir.rstrip('/')}/{name}/hf"
+        try:
+            local = paths.local_copy(url)
+        except (FileNotFoundError, SolarError):
+            local = None
+        if local is None or not (local / "config.json").exists():
+            raise SolarError(f"recipe_dir {recipe_dir} has no dpo_a/hf and dpo_b/hf (run solar_jax.recipe first)")
+        dirs.append(str(local))
+    return dirs
+
+
 def run(c) -> dict[str, Any]:
     weights = _floats(c.average_weights, "average_weights")
-    if c.recipe_dir and not all((Path(c.recipe_dir) / d / "hf" / "config.json").exists() for d in ("dpo_a", "dpo_b")):
-        raise SolarError(f"recipe_dir {c.recipe_dir} has no dpo_a/hf and dpo_b/hf (run solar_jax.recipe first)")
+    candidates = recipe_candidates(c.recipe_dir) if c.recipe_dir else []
     check_output_dir(c.output_dir, c.overwrite)
     model_dir = resolve_model_dir(c.model_dir)
     base = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
@@ -189,7 +204,6 @@ def run(c) -> dict[str, Any]:
     results["seam_correlation"] = seam_correlations(list(results["seam"].values()))
 
     if c.recipe_dir:
-        candidates = [str(Path(c.recipe_dir) / d / "hf") for d in ("dpo_a", "dpo_b")]
         specs = [(f"average_{a:g}", a, merge.MergeSpec("linear", 2, model_params=[{"weight": a}, {"weight": 1 - a}]))
                  for a in weights]
         specs.append(("slerp", None, merge.MergeSpec("slerp", 2, base=0, params={"t": c.slerp_t})))
