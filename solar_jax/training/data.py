@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import grain
+import jax
 import numpy as np
 
 from solar_jax.errors import SolarError
@@ -286,8 +287,6 @@ def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
 
 def _say_once(text: str) -> None:
     """Prints on the first process only (every host runs the data pipeline)."""
-    import jax
-
     if jax.process_index() == 0:
         print(text, flush=True)
 

@@ -113,13 +113,18 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
         tmp.rename(out)
 
 
+def _staging_dir() -> Path:
+    """A fresh local dir in the cache where an output bound for gs:// is written first."""
+    staging = paths.cache_root() / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=staging))
+
+
 @contextlib.contextmanager
 def _remote_output_dir(url: str, overwrite: bool) -> Iterator[Path]:
     """A local staging dir uploaded to `url` on success (the old contents removed first)."""
     check_output_dir(url, overwrite)
-    staging = paths.cache_root() / "staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=staging))
+    tmp = _staging_dir()
     try:
         yield tmp
         paths.upload_dir(tmp, url, replace=True)
@@ -132,9 +137,7 @@ def staged_output_dir(url: str, overwrite: bool) -> Path:
     merge_gain): a fresh local dir to write into, published to the gs:// `url` by
     publish_output_dir when the run ends. A run that fails leaves it in the cache."""
     check_output_dir(url, overwrite)
-    staging = paths.cache_root() / "staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=staging))
+    tmp = _staging_dir()
     print(f"writing {url} in {tmp} first; it is uploaded when the run ends", flush=True)
     return tmp
 
