@@ -40,8 +40,8 @@ def get_config(arg=None):
         c.batch_size = 16
         c.pairs = 2  # back-to-back solar_jax / lm-eval pairs
     if arg == "plan_tpu":
-        c.device = "v5p-8"  # the slice the sample steps are compiled for
-        c.fit = False  # also print the fitted TPU_ACTIVATION_COEFFICIENTS
+        c.devices = "v5p-8,v5litepod-4"  # the slices the sample steps are compiled for (4 chips each)
+        c.fit = False  # also refit and print TPU_ACTIVATION_COEFFICIENTS and TPU_GENERATION_FACTOR
     if arg == "tpu":
         c.slices = "v5p-128,v4-128,v5e-256,v6e-256"
         c.tasks = "cpt,sft,dpo"
