@@ -16,10 +16,12 @@ import dataclasses
 import numpy as np
 from scipy.optimize import lsq_linear
 
+from solar_jax.bench.tpu import task_config
 from solar_jax.cli import split_list
 from solar_jax.models.config import ModelConfig
 from solar_jax.training import compiled_plan, plan
 from solar_jax.training.run_config import base_config, validate
+from solar_jax.training.state import resolve_model
 
 GiB = 2**30
 # Mistral's head layout (8 query heads of 128 over 2 kv heads) at width 1024, with a small
@@ -84,9 +86,6 @@ def small_runs():
 
 
 def big_samples() -> list[Sample]:
-    from solar_jax.bench.tpu import task_config
-    from solar_jax.training.state import resolve_model
-
     out = []
     for task, name, overrides, peak_gib in BIG_STEPS:
         run = task_config(task, overrides)
