@@ -131,6 +131,25 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
     assert hlo_stats.matmul_flops(comps) == 12 * 2 * 8 * 8 * 16
 
 
+def test_the_estimate_says_when_the_cost_model_gave_no_time():
+    # libtpu's cost model returns a negative optimal_seconds for whole steps on v4, v5e, v6e.
+    memory = dict(arguments=1, temporaries=1, outputs=1, aliased=1, code=1)
+    analytic = dict(weights=4e15, attention=0.0)
+    chip = tpu.CHIPS["tpu-v5e"]
+
+    def estimate(seconds):
+        p = compiled_plan.CompiledPlan("tpu-v5e", "v5e:2x2", 4, (1, 4, 1), "splash", 1.0, memory, chip.hbm_bytes, {},
+                                       1e15, 0.0, analytic, 4096, dict(flops=5e14, optimal_seconds=seconds))
+        return p.estimate(), p.report()
+
+    e, report = estimate(-43.96)
+    assert not e["cost_model"] and e["compute_seconds"] == pytest.approx(1e15 / chip.peak_flops)
+    assert "XLA's TPU cost model gave no time for this step on v5e:2x2" in report
+    e, report = estimate(8.0)  # 8 s for half the FLOPs: 16 s for all of them
+    assert e["cost_model"] and e["compute_seconds"] == pytest.approx(16.0)
+    assert "no time" not in report
+
+
 def test_topology_names():
     assert tpu.topology_name("tpu-v5p", 64) == "v5p:4x4x4"
     assert tpu.topology_name("tpu-v6e", 256) == "v6e:16x16"

@@ -9,7 +9,9 @@ step-time estimate. The estimate is a model, not a measurement:
   compute  = XLA's TPU cost model (cost_analysis()'s optimal_seconds, which sees each loop
              body once, scaled by HLO FLOPs / the FLOPs it counted), plus the attention
              kernel's FLOPs (hidden in a Mosaic custom call, counted analytically) at peak;
-             never below all FLOPs at the chip's bf16 peak
+             never below all FLOPs at the chip's bf16 peak, and only that where libtpu's
+             cost model gives no time for the step (a negative optimal_seconds: v4, v5e and
+             v6e; the report says so)
   comm     = ring wire bytes per chip / half the chip's bidirectional ICI bandwidth
   step     = max(compute, comm) (collectives overlapped with compute, as XLA schedules them
              asynchronously); compute + comm is the bound with no overlap.
@@ -113,13 +115,17 @@ class CompiledPlan:
         chip = tpu.CHIPS[self.device]
         at_peak = self.flops_per_chip / chip.peak_flops
         counted, seconds = self.xla_cost.get("flops", 0.0), self.xla_cost.get("optimal_seconds", 0.0)
-        xla = seconds * self.hlo_flops / counted + self.kernel_flops / chip.peak_flops if counted > 0 else 0.0
+        # libtpu's cost model gives a negative optimal_seconds for whole train steps on v4, v5e
+        # and v6e (e.g. -44 s on v5e-4): no time at all. Then only the FLOPs-at-peak floor is left.
+        cost_model = counted > 0 and seconds > 0
+        xla = seconds * self.hlo_flops / counted + self.kernel_flops / chip.peak_flops if cost_model else 0.0
         compute = max(at_peak, xla)
         wire = sum(c.wire_bytes for c in self.collectives.values())
         comm = wire / (chip.ici_bandwidth / 2)
         step = max(compute, comm)
         model_flops = self.analytic["weights"] + self.analytic["attention"]
-        return dict(peak_seconds=at_peak, compute_seconds=compute, comm_seconds=comm, step_seconds=step,
+        return dict(cost_model=cost_model, peak_seconds=at_peak, compute_seconds=compute, comm_seconds=comm,
+                    step_seconds=step,
                     no_overlap_seconds=compute + comm, tokens_per_second_per_chip=self.tokens_per_step / self.chips / step,
                     mfu=model_flops / self.chips / step / chip.peak_flops)
 
@@ -146,8 +152,11 @@ class CompiledPlan:
                      f"kernel {self.kernel_flops:.4g}); analytic {analytic:.4g} ({self.flops_per_chip / analytic:.3f}x); "
                      f"XLA cost_analysis counts loop bodies once: {self.xla_cost.get('flops', 0):.4g}")
         e = self.estimate()
-        lines.append(f"ESTIMATE (a cost model, not a measurement): compute {e['compute_seconds']:.3f}s (XLA's TPU cost "
-                     f"model, every loop iteration; at peak FLOP/s {e['peak_seconds']:.3f}s), "
+        basis = (f"XLA's TPU cost model, every loop iteration; at peak FLOP/s {e['peak_seconds']:.3f}s"
+                 if e["cost_model"] else
+                 f"FLOPs at the bf16 peak, a lower bound: XLA's TPU cost model gave no time for this step on "
+                 f"{self.topology} (optimal_seconds {self.xla_cost.get('optimal_seconds', 0.0):.3g})")
+        lines.append(f"ESTIMATE (a cost model, not a measurement): compute {e['compute_seconds']:.3f}s ({basis}), "
                      f"collectives {e['comm_seconds']:.3f}s, step {e['step_seconds']:.3f}s "
                      f"(no overlap: {e['no_overlap_seconds']:.3f}s); {e['tokens_per_second_per_chip']:,.0f} tokens/s "
                      f"per chip, MFU {e['mfu']:.1%}")
@@ -292,6 +301,7 @@ def search_table(candidates: list[Candidate]) -> str:
         e = p.estimate()
         lines.append(f"| {o['mesh.data']} x {o['mesh.fsdp']} x {o['mesh.tensor']} | {o['remat']} | "
                      f"{o['grad_accum_steps']} | {k.planned_bytes / GiB:.1f} | {p.peak_bytes / GiB:.1f} | "
-                     f"{'yes' if p.fits else 'no'} | {e['step_seconds']:.3f} | {e['tokens_per_second_per_chip']:,.0f} "
+                     f"{'yes' if p.fits else 'no'} | {e['step_seconds']:.3f}{'' if e['cost_model'] else ' (peak)'} "
+                     f"| {e['tokens_per_second_per_chip']:,.0f} "
                      f"| {e['mfu']:.1%} |")
     return "\n".join(lines)
