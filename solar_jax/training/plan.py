@@ -74,8 +74,8 @@ ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
 # and dots_no_batch: the projections' outputs d >= 2, f >= 2, q >= 1; none: those and the
 # MLP's elementwise outputs, f >= 3; all: gradients g >= 1) and c0 (code, fixed buffers) at
 # most 64 MiB. Errors there: small steps -7.7% to +6.2%, 10.7B steps -12.7% to +11.6%; held
-# out, DPO 8 pairs x 2048 -3.5% and 2 microbatches of 16 x 4096 +4.9%. Steps under ~1 GiB per
-# chip come out high (up to +70%): libtpu keeps their buffers in on-chip memory, differently
+# out (DPO 8 pairs x 2048, 2 microbatches of 32 x 4096) -7.2% to +5.1%. Steps under ~1 GiB
+# per chip are off by -15% to +70%: libtpu keeps their buffers in on-chip memory, differently
 # by generation. No T x T probabilities with splash (s, s1: the CPU table's, for
 # attention_impl=xla).
 TPU_ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
