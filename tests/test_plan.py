@@ -87,6 +87,21 @@ def test_device_names():
         plan.parse_device("v9-8")
 
 
+@pytest.mark.parametrize("kind,name", [("TPU v4", "tpu-v4"), ("TPU v5 lite", "tpu-v5e"), ("TPU v5p", "tpu-v5p"),
+                                       ("TPU v6 lite", "tpu-v6e"), ("NVIDIA H100 80GB HBM3", "h100")])
+def test_the_train_commands_check_names_the_local_accelerator(monkeypatch, kind, name):
+    # jax's device kinds, as the pre-compile check sees them on a TPU VM or a GPU host: the
+    # planner must pick the generation's table (v5e and v6e report "lite").
+    class Device:
+        platform, device_kind = "tpu", kind
+
+        def memory_stats(self):
+            return {"bytes_limit": 16 * 2**30}
+
+    monkeypatch.setattr(jax, "devices", lambda: [Device()])
+    assert plan.local_device_name() == (name, 16 * 2**30)
+
+
 def test_plan_command_says_whether_solar_fits_a_v5p_128():
     args = ["solar_jax.plan", "--config=configs/cpt.py:solar", "--config.model_preset=mistral-7b",
             "--device=v5p-128"]

@@ -247,5 +247,10 @@ def local_device_name() -> tuple[str, int | None]:
     except Exception:  # CPU backends raise or return None
         pass
     kind = dev.device_kind.lower()
-    name = "cpu" if dev.platform == "cpu" else next((n for n in DEVICE_MEMORY if n.split("-")[-1] in kind), kind)
+    if dev.platform == "cpu":
+        return "cpu", stats.get("bytes_limit")
+    # jax's TPU kinds: "TPU v4", "TPU v5 lite" (v5e), "TPU v5p", "TPU v6 lite" (v6e); GPUs
+    # name their model ("NVIDIA H100 80GB HBM3").
+    kind = kind.replace("v5 lite", "v5e").replace("v6 lite", "v6e")
+    name = next((n for n in DEVICE_MEMORY if n.split("-")[-1] in kind), kind)
     return name, stats.get("bytes_limit")
