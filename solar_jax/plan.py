@@ -70,8 +70,8 @@ def _search(c, source, device: str, count: int) -> None:
     print(f"search: {len(candidates)} candidates the planner expects to fit; compiling the first {min(limit, len(candidates))}")
     done = compiled_plan.search(c, source.config, device, count, limit, trainable_mask(source))
     print(compiled_plan.search_table(done))
-    print("(step time, tokens/s and MFU are ESTIMATES from a cost model, not measurements; '(peak)': libtpu's "
-          "cost model gave no time for the step, the figure is its FLOPs at the chip's peak, a lower bound)")
+    print(f"(step time, tokens/s and MFU are ESTIMATES from a cost model, not measurements; "
+          f"{compiled_plan.PEAK_MARK_NOTE})")
     winner = compiled_plan.best(done)
     if winner is None:
         print("none of the compiled candidates fits")

@@ -140,14 +140,15 @@ def test_the_estimate_says_when_the_cost_model_gave_no_time():
     def estimate(seconds):
         p = compiled_plan.CompiledPlan("tpu-v5e", "v5e:2x2", 4, (1, 4, 1), "splash", 1.0, memory, chip.hbm_bytes, {},
                                        1e15, 0.0, analytic, 4096, dict(flops=5e14, optimal_seconds=seconds))
-        return p.estimate(), p.report()
+        return p.estimate(), p.report(), p.step_cell()
 
-    e, report = estimate(-43.96)
+    e, report, cell = estimate(-43.96)
     assert not e["cost_model"] and e["compute_seconds"] == pytest.approx(1e15 / chip.peak_flops)
     assert "XLA's TPU cost model gave no time for this step on v5e:2x2" in report
-    e, report = estimate(8.0)  # 8 s for half the FLOPs: 16 s for all of them
+    assert cell == f"{1e15 / chip.peak_flops:.3f} (peak)"
+    e, report, cell = estimate(8.0)  # 8 s for half the FLOPs: 16 s for all of them
     assert e["cost_model"] and e["compute_seconds"] == pytest.approx(16.0)
-    assert "no time" not in report
+    assert "no time" not in report and cell == "16.000"
 
 
 def test_topology_names():

@@ -66,7 +66,6 @@ class Sample:
     state: int  # the planner's exact bytes: params, optimizer, a frozen reference
     planned: int  # the planner's total
     compiled: int  # the compiled peak
-    weight: float = 1.0  # in the fit
 
 
 def sample(name: str, run, config: ModelConfig, device: str, chips: int, compiled: int) -> Sample:
@@ -108,10 +107,9 @@ def fit(samples: list[Sample], rounds: int = 30):
             a = np.array([[s.terms[k] * factor[s.device] for k in names] for s in picked], float)
             y = np.array([s.compiled for s in picked], float)
             state = np.array([s.state for s in picked], float)
-            w = np.array([s.weight for s in picked])[:, None]
             lower = [LOWER_BOUNDS[remat].get(k, 0.0) for k in names]
             upper = [C0_MAX_MIB if k == "c0" else np.inf for k in names]
-            coef = lsq_linear(w * a / y[:, None], w[:, 0] * (1 - state / y), bounds=(lower, upper)).x
+            coef = lsq_linear(a / y[:, None], 1 - state / y, bounds=(lower, upper)).x
             coef[a.max(axis=0) == 0] = 0.0  # terms that are zero here (s, s1 under splash)
             table[remat] = dict(zip(names, coef))
         for device in factor:

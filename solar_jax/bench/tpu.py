@@ -58,14 +58,13 @@ def main(c) -> None:
             settings = f"mesh {'x'.join(map(str, p.mesh))}, {settings}"
             row = (f"| {task} | {name} | {settings} | {fast.total / 2**30:.1f} | {p.peak_bytes / 2**30:.1f} | "
                    f"{'yes' if p.fits else 'no'} | {gib('all-gather'):.0f} | {gib('reduce-scatter'):.0f} | "
-                   f"{gib('all-reduce'):.0f} | {e['step_seconds']:.2f}{'' if e['cost_model'] else ' (peak)'} | {e['tokens_per_second_per_chip']:,.0f} | "
+                   f"{gib('all-reduce'):.0f} | {p.step_cell(2)} | {e['tokens_per_second_per_chip']:,.0f} | "
                    f"{e['mfu']:.1%} | {p.compile_seconds:.0f} |")
             rows.append(row)
             print(row, flush=True)
     print("\n".join(["", *rows, "", "GiB/chip compiled: XLA's memory analysis (arguments + temporaries + outputs - "
                      "aliased + code). Step time, tokens/s and MFU: ESTIMATES (XLA's TPU cost model and ICI bytes), "
-                     "not measurements; '(peak)': the cost model gave no time for the step, the figure is its FLOPs "
-                     "at the chip's bf16 peak, a lower bound."]))
+                     f"not measurements; {compiled_plan.PEAK_MARK_NOTE}."]))
     if c.search:
         run = task_config(tasks[0], c.overrides)
         device, chips = plan.parse_device(slices[0])

@@ -40,6 +40,9 @@ from solar_jax.training.step import lower_train_step, model_options, objective_f
 from solar_jax.training.task_data import batch_fields
 
 GiB = 2**30
+# What a table's "(peak)" mark means (CompiledPlan.step_cell).
+PEAK_MARK_NOTE = ("'(peak)': libtpu's cost model gave no time for the step, the figure is its FLOPs at the chip's "
+                  "bf16 peak, a lower bound")
 
 
 class DoesNotFit(SolarError):
@@ -128,6 +131,11 @@ class CompiledPlan:
                     step_seconds=step,
                     no_overlap_seconds=compute + comm, tokens_per_second_per_chip=self.tokens_per_step / self.chips / step,
                     mfu=model_flops / self.chips / step / chip.peak_flops)
+
+    def step_cell(self, digits: int = 3) -> str:
+        """The estimated step seconds for a table, marked "(peak)" where the cost model gave no time."""
+        e = self.estimate()
+        return f"{e['step_seconds']:.{digits}f}" + ("" if e["cost_model"] else " (peak)")
 
     def report(self) -> str:
         m = self.memory
@@ -301,7 +309,6 @@ def search_table(candidates: list[Candidate]) -> str:
         e = p.estimate()
         lines.append(f"| {o['mesh.data']} x {o['mesh.fsdp']} x {o['mesh.tensor']} | {o['remat']} | "
                      f"{o['grad_accum_steps']} | {k.planned_bytes / GiB:.1f} | {p.peak_bytes / GiB:.1f} | "
-                     f"{'yes' if p.fits else 'no'} | {e['step_seconds']:.3f}{'' if e['cost_model'] else ' (peak)'} "
-                     f"| {e['tokens_per_second_per_chip']:,.0f} "
+                     f"{'yes' if p.fits else 'no'} | {p.step_cell()} | {e['tokens_per_second_per_chip']:,.0f} "
                      f"| {e['mfu']:.1%} |")
     return "\n".join(lines)
