@@ -21,6 +21,9 @@ def test_bench_refuses_an_unknown_key_and_an_unknown_model_in_one_line():
     r = run_command("solar_jax.bench", "--config=configs/bench.py:eval", "--config.requests=mixed", timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == ("error: unknown request kind 'mixed' for the eval benchmark; "
                                                       "known: choices, distinct"), r.stderr
+    r = run_command("solar_jax.bench", "--config=configs/bench.py:plan_tpu", "--config.devices=v5p-8,v9-8",
+                    timeout=120)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("error: unknown device 'v9-8'"), r.stderr
 
 
 def test_convert_benchmark_runs_both_sides_and_prints_the_ratio(tiny_hf):

@@ -128,10 +128,10 @@ def predicted(s: Sample, table, factor) -> float:
 
 def main(c) -> None:
     compiled_plan.without_persistent_cache()
+    slices = {name: plan.parse_device(name) for name in split_list(c.devices)}  # bad names: one line, before output
     samples = []
     print(f"{'step':26s} {'slice':12s} {'remat':14s} {'compiled MiB':>13s} {'planner MiB':>12s}  error", flush=True)
-    for name_slice in split_list(c.devices):
-        device, chips = plan.parse_device(name_slice)
+    for name_slice, (device, chips) in slices.items():
         for name, config, run in small_runs():
             p = compiled_plan.compile_plan(run, config, device, chips)
             s = sample(name, run, config, device, chips, p.peak_bytes)
