@@ -1,11 +1,13 @@
 """Logits of solar_jax against transformers (torch, float32) on tiny random models."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from solar_jax.weights import hf
+from solar_jax.models import transformer as model_lib
 from solar_jax.models.transformer import REMAT_POLICIES
 from tests.conftest import TINY
 
@@ -76,6 +78,56 @@ def test_remat_policies_do_not_change_logits(tiny_hf, remat):
     ids = jnp.asarray(np.random.RandomState(4).randint(0, 128, (1, 12)), jnp.int32)
     base = np.asarray(hf.load_hf(path)(ids))
     np.testing.assert_array_equal(np.asarray(hf.load_hf(path, remat=remat)(ids)), base)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_an_unrolled_layer_loop_gives_the_same_logits_and_gradients(tiny_hf, remat):
+    _, path = tiny_hf("llama_gqa")
+    model = hf.load_hf(path)
+    params = model_lib.param_dict(model)
+    ids = jnp.asarray(np.random.RandomState(6).randint(0, 128, (2, 12)), jnp.int32)
+
+    def logits_and_grads(unroll):
+        def loss(p):
+            logits = model_lib.model_from_params(model.config, p, remat=remat, scan_unroll=unroll)(ids)
+            return jnp.mean(jax.nn.logsumexp(logits, axis=-1)), logits
+
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return logits, grads
+
+    base_logits, base_grads = logits_and_grads(1)
+    layers = model.config.num_layers
+    for unroll in (2, layers, layers + 5):  # partial, full, more than the layers (taken as full)
+        logits, grads = logits_and_grads(unroll)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(base_logits), atol=1e-5, rtol=0)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
+
+
+def test_logits_backward_takes_the_cotangent_in_the_compute_dtype():
+    # float32: exactly autodiff's gradients. bfloat16: the table's gradient is bf16 (made and
+    # reduce-scattered at half the bytes), equal to autodiff's with the cotangent rounded to bf16.
+    rng = np.random.RandomState(7)
+    x32, table32 = rng.randn(3, 5, 16).astype(np.float32), rng.randn(40, 16).astype(np.float32)
+    weights = jnp.asarray(rng.randn(3, 5, 40), jnp.float32)
+
+    def autodiff(x, table, g_dtype):
+        def f(x, table):
+            return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=jnp.float32)
+        out, vjp = jax.vjp(f, x, table)
+        return vjp(weights.astype(g_dtype).astype(jnp.float32))
+
+    def ours(x, table):
+        return jax.grad(lambda x, t: jnp.sum(model_lib.logits_matmul(x, t) * weights), argnums=(0, 1))(x, table)
+
+    for a, b in zip(ours(x32, table32), autodiff(x32, table32, jnp.float32)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x16, table16 = jnp.asarray(x32, jnp.bfloat16), jnp.asarray(table32, jnp.bfloat16)
+    dx, dtable = ours(x16, table16)
+    assert dx.dtype == jnp.bfloat16 and dtable.dtype == jnp.bfloat16
+    ref_dx, ref_dtable = autodiff(x16, table16, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(dtable, np.float32), np.asarray(ref_dtable, np.float32), rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(ref_dx, np.float32), rtol=2e-2, atol=2e-2)
 
 
 def test_bfloat16_compute_is_close_and_float32_out(tiny_hf):

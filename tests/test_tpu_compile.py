@@ -53,6 +53,10 @@ def test_fsdp_step_compiles_with_mosaic_splash_gathers_weights_and_fits_the_plan
     moved = {k: p.collectives[k].bytes if k in p.collectives else 0 for k in hlo_stats.COLLECTIVES}
     if device == "tpu-v5p":
         assert moved["all-gather"] >= 2 * layer_bytes and moved["reduce-scatter"] >= layer_bytes, moved
+        # Every gradient is reduce-scattered in bf16, the vocab tables' too (the logits' backward
+        # takes its cotangent in the compute dtype: a float32 lm_head gradient adds 8.5% here).
+        tables = 2 * (counts["embed"] + counts["lm_head"])
+        assert moved["reduce-scatter"] == pytest.approx(layer_bytes + tables, rel=0.01), moved
     assert moved["all-gather"] + moved["reduce-scatter"] + moved["collective-permute"] >= 3 * layer_bytes, moved
     smallest_weight = 2 * SMALL.num_kv_heads * SMALL.head_dim * SMALL.hidden_size  # k in bf16
     all_reduce = p.collectives.get("all-reduce", hlo_stats.Collective("all-reduce"))
@@ -75,10 +79,11 @@ def test_splash_at_seq_4096_with_a_sliding_window_and_packed_rows_compiles_with_
     assert p.analytic["attention"] < 0.4 * causal["attention"]
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_flops_of_the_scanned_step_equal_the_analytic_count(remat):
+@pytest.mark.parametrize("remat,unroll", [("none", 1), ("full", 1), ("full", 3)])
+def test_flops_of_the_scanned_step_equal_the_analytic_count(remat, unroll):
     # Dense attention: every matmul is in the HLO, each counted as often as its loop runs.
-    c = _config(remat=remat, attention_impl="xla", grad_accum_steps=2)
+    # Unrolled layers (scan_unroll=3) keep remat's recomputation (not merged with the forward).
+    c = _config(remat=remat, attention_impl="xla", grad_accum_steps=2, scan_unroll=unroll)
     p = compiled_plan.compile_plan(c, SMALL, "tpu-v5p", 4)
     analytic = sum(p.analytic.values()) / p.chips
     assert p.kernel_flops == 0
@@ -129,6 +134,32 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
     assert cols["all-gather"].wire_bytes == pytest.approx(12 * 8 * 16 * 4 * 3 / 4)
     assert cols["all-reduce"].count == 1 and cols["all-reduce"].wire_bytes == pytest.approx(2 * 512 * 3 / 4)
     assert hlo_stats.matmul_flops(comps) == 12 * 2 * 8 * 8 * 16
+
+
+def test_collectives_are_told_apart_by_chain_not_by_channel_alone():
+    # An async collective fusion clones one gather into its start, continuation and done
+    # computations (same channel_id and chain_id): one gather. An unrolled loop's copies of a
+    # reduce-scatter keep one channel_id and no chain_id: one per copy.
+    gather = ('  %ag{i} = bf16[8,16]{{1,0}} all-gather(%x), channel_id=2, replica_groups=[1,4]<=[4], '
+              'dimensions={{0}}, frontend_attributes={{chain_id="{chain}"}}\n')
+    reduce = ('  %ar{i} = bf16[8,16]{{1,0}} all-reduce(%y), channel_id=9, replica_groups={{{{0,1,2,3}}}}, '
+              'to_apply=%add\n')
+    comps = []
+    for i, chain in enumerate(["0", "0", "0", "1", "1", "1"]):  # two gathers, three clones each
+        comps.append(f"%gather_fusion.{i} (x: bf16[2,16]) -> bf16[8,16] {{\n  %x = bf16[2,16]{{1,0}} parameter(0)\n"
+                     + gather.format(i=i, chain=chain) + "}\n")
+    for i in range(3):  # three layers' reduce-scatters
+        comps.append(f"%all-reduce-scatter.{i} (y: bf16[8,16]) -> bf16[8,16] {{\n  %y = bf16[8,16]{{1,0}} parameter(0)\n"
+                     + reduce.format(i=i) + "}\n")
+    calls = "".join(f"  %f{i} = bf16[8,16]{{1,0}} fusion(%a), kind=kCustom, calls=%gather_fusion.{i}\n" for i in range(6))
+    calls += "".join(f"  %r{i} = bf16[8,16]{{1,0}} fusion(%b), kind=kCustom, calls=%all-reduce-scatter.{i}\n"
+                     for i in range(3))
+    text = ("HloModule m\n\n" + "\n".join(comps) + "\nENTRY %main (a: bf16[2,16], b: bf16[8,16]) -> bf16[8,16] {\n"
+            "  %a = bf16[2,16]{1,0} parameter(0)\n  %b = bf16[8,16]{1,0} parameter(1)\n" + calls
+            + "  ROOT %t = bf16[8,16]{1,0} add(%f0, %r0)\n}\n")
+    cols = hlo_stats.collectives(hlo_stats.parse(text), 4)
+    assert cols["all-gather"].count == 2 and cols["all-gather"].bytes == 2 * 8 * 16 * 2
+    assert cols["reduce-scatter"].count == 3 and cols["reduce-scatter"].bytes == 3 * 8 * 16 * 2
 
 
 def test_the_estimate_says_when_the_cost_model_gave_no_time():

@@ -233,6 +233,7 @@ def _exit2(*args, match, env=None):
     ("--config.data.train_files=/nonexistent/*.jsonl", "does not exist"),
     ("--config.dtype=float8", "unknown dtype"),
     ("--config.upscale_m=9", "0 <= m < n"),
+    ("--config.scan_unroll=0", "scan_unroll must be positive, got 0"),
 ])
 def test_config_errors_before_compiling(tmp_path, flag, match):
     _exit2(*_train_cmd(tmp_path / "run", flag), match=match)

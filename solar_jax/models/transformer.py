@@ -216,7 +216,11 @@ def _constrain_layer_weights(state):
     return state
 
 
-def _remat(fn, policy: str):
+def _remat(fn, policy: str, prevent_cse: bool = False):
+    """prevent_cse: only for a fully unrolled layer loop. Inside a loop, the backward pass's
+    recomputation cannot be merged with the forward pass (they are different loops); once
+    unrolled into one straight-line program, XLA's CSE would merge them and keep every
+    activation, undoing the policy."""
     if policy == "none":
         return fn
     policies = {
@@ -224,7 +228,7 @@ def _remat(fn, policy: str):
         "dots": jax.checkpoint_policies.checkpoint_dots,
         "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     }
-    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=prevent_cse)
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -236,17 +240,48 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     return t - start_index
 
 
+@jax.custom_vjp
+def logits_matmul(x: jax.Array, table: jax.Array) -> jax.Array:
+    """x [..., D] @ table [V, D]^T -> logits [..., V] in float32, accumulated in float32
+    whatever the compute dtype of x and table."""
+    return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=jnp.float32)
+
+
+def _logits_matmul_fwd(x, table):
+    return logits_matmul(x, table), (x, table)
+
+
+def _logits_matmul_bwd(residuals, g):
+    # The float32 cotangent g [..., V] is cast to the compute dtype before the two backward
+    # matmuls, as every other matmul of the step takes its cotangent: the table's gradient is
+    # then made and reduce-scattered in bf16 under bf16 compute (autodiff's default keeps it
+    # float32: twice the bytes over ICI and through HBM, measured with plan --compile). A
+    # float32 model is unchanged.
+    x, table = residuals
+    g = g.astype(x.dtype)
+    return jnp.einsum("...V,VD->...D", g, table), jnp.einsum("...V,...D->VD", g, x)
+
+
+logits_matmul.defvjp(_logits_matmul_fwd, _logits_matmul_bwd)
+
+
 class Transformer(nnx.Module):
     """The decoder: embed -> L stacked layers -> norm -> logits (float32)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: str = "float32",
-                 remat: str = "none", attention_impl: str = "xla"):
+                 remat: str = "none", attention_impl: str = "xla", scan_unroll: int = 1):
         if remat not in REMAT_POLICIES:
             raise SolarError(f"unknown remat policy {remat!r}; known: {', '.join(REMAT_POLICIES)}")
+        if scan_unroll < 1:
+            raise SolarError(f"scan_unroll must be at least 1 (layers per loop iteration), got {scan_unroll}")
         if attention_impl not in ATTENTION_IMPLS:
             raise SolarError(f"unknown attention_impl {attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
         self.config = config
         self.dtype_name, self.remat, self.attention_impl = dtype, remat, attention_impl
+        # Layers per iteration of the layer loop (lax.scan's unroll): 1 compiles one layer's
+        # body; num_layers or more unrolls the loop (more code and compile time; XLA then
+        # schedules and fuses across layers). The params stay stacked either way.
+        self.scan_unroll = min(scan_unroll, config.num_layers)
         self.source_dir: str | None = None  # HF dir it came from: tokenizer files for export
         compute = dtype_from_name(dtype)
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, param_dtype=jnp.float32,
@@ -268,7 +303,8 @@ class Transformer(nnx.Module):
     @property
     def options(self) -> dict[str, str]:
         """Run options to rebuild an equivalent module around new params or a new config."""
-        return dict(dtype=self.dtype_name, remat=self.remat, attention_impl=self.attention_impl)
+        return dict(dtype=self.dtype_name, remat=self.remat, attention_impl=self.attention_impl,
+                    scan_unroll=self.scan_unroll)
 
     def __call__(self, tokens, positions=None, segment_ids=None):
         """tokens int [B, T] -> logits float32 [B, T, V].
@@ -290,7 +326,7 @@ class Transformer(nnx.Module):
     def unembed(self, x: jax.Array) -> jax.Array:
         """Final hidden states [..., D] -> logits [..., V] (float32)."""
         table = (self.embed if self.lm_head is None else self.lm_head).embedding[...]
-        return jnp.einsum("...D,VD->...V", x, table.astype(x.dtype), preferred_element_type=jnp.float32)
+        return logits_matmul(x, table.astype(x.dtype))
 
     def trunk(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False, mask=None):
         """Everything but the vocab projection: (final-normed states [B, T, D], new cache or
@@ -332,7 +368,9 @@ class Transformer(nnx.Module):
         layer_caches = None if cache is None else (cache["k"], cache["v"], jnp.broadcast_to(
             cache["index"], (self.config.num_layers,)))
         x_in = x
-        x, (new_kv, hidden) = jax.lax.scan(_remat(body, self.remat), x, (layer_state, layer_caches))
+        unrolled = self.scan_unroll >= self.config.num_layers
+        x, (new_kv, hidden) = jax.lax.scan(_remat(body, self.remat, prevent_cse=unrolled), x,
+                                           (layer_state, layer_caches), unroll=self.scan_unroll)
         x = self.final_norm(x)
         new_cache = None
         if cache is not None:

@@ -189,9 +189,10 @@ def collectives(comps: dict[str, Computation], num_devices: int,
     others: their operand) and wire bytes per device ((g - 1) / g of that, twice for
     all-reduce, g the group size) per step. XLA on TPU writes a reduce-scatter as an
     all-reduce inside a computation named all-reduce-scatter*: counted as reduce-scatter.
-    Its async collective fusions clone a collective into several computations (start and
-    continuation) under one channel_id: each channel is counted once. times: multiplicities(comps),
-    when the caller has it."""
+    Its async collective fusions clone a collective into several computations (start,
+    continuation, done) that share a channel_id and a chain_id: each chain is counted once.
+    A channel_id alone does not tell collectives apart: when XLA unrolls a loop, the copies of
+    a collective keep its channel_id. times: multiplicities(comps), when the caller has it."""
     times = times if times is not None else multiplicities(comps)
     seen: dict[str, tuple[str, int, int, float]] = {}  # channel (or instruction) -> kind, times, bytes, wire
     for comp in comps.values():
@@ -210,8 +211,10 @@ def collectives(comps: dict[str, Computation], num_devices: int,
             wire = size * (g - 1) / g * (2 if op == "all-reduce" else 1) if g > 1 else 0.0
             if op == "collective-permute":
                 wire = size
+            chain = re.search(r'chain_id="(\d+)"', inst.attributes)
             channel = re.search(r"channel_id=(\d+)", inst.attributes)
-            key = f"channel {channel.group(1)}" if channel else f"{comp.name}/{inst.name}"
+            key = (f"channel {channel.group(1) if channel else '-'} chain {chain.group(1)}" if chain
+                   else f"{comp.name}/{inst.name}")
             if key not in seen or seen[key][1] < n:
                 seen[key] = (op, n, size, wire)
     out: dict[str, Collective] = {}
