@@ -219,8 +219,9 @@ def _constrain_layer_weights(state):
 def _remat(fn, policy: str, prevent_cse: bool = False):
     """prevent_cse: only for a fully unrolled layer loop. Inside a loop, the backward pass's
     recomputation cannot be merged with the forward pass (they are different loops); once
-    unrolled into one straight-line program, XLA's CSE would merge them and keep every
-    activation, undoing the policy."""
+    unrolled into one straight-line program, XLA's CSE merges parts of them and keeps what
+    the policy meant to drop (SOLAR 10.7B on v5p-128, remat full: 36.2 GiB of temporaries
+    per chip without it, 23.0 with it, by plan --compile)."""
     if policy == "none":
         return fn
     policies = {
