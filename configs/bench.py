@@ -6,7 +6,7 @@
 
 import ml_collections
 
-BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan", "plan_tpu", "tpu", "data")
+BENCHMARKS = ("convert", "upscale", "merge", "train", "dpo", "eval", "plan", "plan_tpu", "tpu", "maxtext", "data")
 
 
 def get_config(arg=None):
@@ -48,6 +48,16 @@ def get_config(arg=None):
         c.overrides = ""  # KEY=VALUE,... applied to every task's config, e.g. remat=full
         c.search = False  # then plan --search on the first task and slice
         c.search_limit = 6
+    if arg == "maxtext":
+        c.maxtext_dir = ""  # a MaxText checkout (measured: commit e591f30)
+        c.maxtext_python = ""  # a Python >= 3.12 with MaxText's requirements and solar_jax's jax[tpu]
+        c.slice = "v5p-128"
+        c.layers = 0  # 0: SOLAR 10.7B's 48; fewer for a quick look
+        c.rows_per_chip = 4
+        c.seq_len = 4096
+        c.remat = "full"
+        c.loops = "scanned,unrolled"  # the layer loop: scanned (both frameworks' default), unrolled
+        c.maxtext_flags = "own,solar_jax"  # MaxText compiled with its own libtpu flags, with solar_jax's
     if arg == "data":
         c.model_dir = ""  # whose tokenizer; "" = the real model's
         c.documents = 4000  # the built-in corpus's pieces, repeated

@@ -2,6 +2,7 @@
 sides in their own processes, the peer's through peers.py) on a tiny model."""
 
 import re
+import sys
 
 from conftest import run_command
 
@@ -50,3 +51,51 @@ def test_data_benchmark_prints_text_tokenize_and_shard_rates_against_the_need():
     bad = run_command("solar_jax.bench", "--config=configs/bench.py:data", "--config.chip=TPU v9",
                       "--config.tokens_per_chip=0", timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown chip 'TPU v9'; known: TPU v4"), bad.stderr
+
+
+# A stand-in MaxText checkout: train_compile's two names that maxtext_worker.py uses. Its main
+# checks the overrides it is given and compiles a small function (on the CPU) through
+# jit_and_compile, which the worker wraps to save the HLO and the analyses.
+FAKE_TRAIN_COMPILE = '''
+import jax, jax.numpy as jnp
+jax.config.update("jax_platforms", "cpu")
+
+def jit_and_compile(fn, arg):
+    return jax.jit(fn).lower(arg).compile()
+
+def main(argv):
+    overrides = dict(a.split("=", 1) for a in argv[2:])
+    assert argv[1].endswith("base.yml"), argv
+    assert overrides["compile_topology"] == "v5p-8" and overrides["base_num_decoder_layers"] == "1", overrides
+    assert overrides["per_device_batch_size"] == "1" and overrides["max_target_length"] == "512", overrides
+    assert overrides["scan_layers"] == "True" and overrides["remat_policy"] == "full", overrides
+    jit_and_compile(lambda x: jnp.tanh(x @ x.T) @ x, jnp.ones((2048, 2048), jnp.float32))
+'''
+
+
+def test_maxtext_benchmark_reads_both_sides_alike_and_checks_its_inputs(tmp_path):
+    package = tmp_path / "maxtext" / "src" / "maxtext" / "trainers" / "pre_train"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "train_compile.py").write_text(FAKE_TRAIN_COMPILE)
+    args = ["solar_jax.bench", "--config=configs/bench.py:maxtext", f"--config.maxtext_dir={tmp_path / 'maxtext'}",
+            f"--config.maxtext_python={sys.executable}", "--config.slice=v5p-8", "--config.layers=1",
+            "--config.rows_per_chip=1", "--config.seq_len=512", "--config.loops=scanned", "--config.maxtext_flags=own"]
+    r = run_command(*args, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^\| solar_jax \| scanned \| solar_jax \| \d+\.\d\d \|", r.stdout, re.M), r.stdout
+    # the stand-in's analyses came back through the worker's files: its peak (the 16 MiB argument
+    # and output) is read, and the ratios are printed (temporaries '-': the CPU step has none)
+    theirs = re.search(r"^\| MaxText \| scanned \| own \| \d+\.\d\d \| (\d+\.\d\d) \|", r.stdout, re.M)
+    assert theirs and float(theirs.group(1)) > 0, r.stdout
+    assert re.search(r"^scanned, solar_jax / MaxText \(own flags\): temporaries (\d+\.\d+x|-), .* est\. step \d+\.\d+x",
+                     r.stdout, re.M), r.stdout
+    assert "ESTIMATES, not measurements" in r.stdout
+    for flag, match in (("--config.maxtext_dir=/nonexistent", "must be a MaxText checkout"),
+                        ("--config.remat=dots", "the policies both frameworks have are full"),
+                        ("--config.loops=scanned,rolled", "--config.loops takes a comma-separated list"),
+                        ("--config.slice=v9-8", "unknown device 'v9-8'")):
+        bad = run_command(*args, flag, timeout=120)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and match in bad.stderr, bad.stderr
+        assert "compiled" not in bad.stdout

@@ -199,20 +199,32 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
             raise DoesNotFit(f"{topology}: XLA cannot fit the step in a chip's HBM"
                              + (f" (temporaries {needs.group(1)}G)" if needs else "")) from None
     seconds = time.perf_counter() - start
-    stats = compiled.memory_analysis()
-    memory = dict(arguments=stats.argument_size_in_bytes, temporaries=stats.temp_size_in_bytes,
-                  outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
-                  code=stats.generated_code_size_in_bytes)
-    comps = hlo_stats.parse(compiled.as_text())
+    cost = compiled.cost_analysis() or {}
+    return read_compiled(c, config, device, chips, tuple(mesh.devices.shape), options["attention_impl"], seconds,
+                         memory_stats(compiled.memory_analysis()), compiled.as_text(),
+                         cost[0] if isinstance(cost, list) else cost)
+
+
+def memory_stats(stats) -> dict[str, int]:
+    """compiled.memory_analysis() -> the per-chip byte counts a CompiledPlan keeps."""
+    return dict(arguments=stats.argument_size_in_bytes, temporaries=stats.temp_size_in_bytes,
+                outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
+                code=stats.generated_code_size_in_bytes)
+
+
+def read_compiled(c, config: ModelConfig, device: str, chips: int, mesh_shape: tuple[int, ...], kernel: str,
+                  compile_seconds: float, memory: dict[str, int], hlo_text: str, cost: dict) -> CompiledPlan:
+    """What a train step compiled for (device, chips) says of itself: its memory analysis,
+    optimized HLO text and cost_analysis(), read as plan --compile reports them. The step may
+    be another framework's (bench maxtext) when c and config describe the same model and batch."""
+    comps = hlo_stats.parse(hlo_text)
     times = hlo_stats.multiplicities(comps)
-    analytic = analytic_step_flops(c, config, options["attention_impl"])
+    analytic = analytic_step_flops(c, config, kernel)
     kernel_flops = 0.0
-    if options["attention_impl"] == "splash" and hlo_stats.custom_calls(comps, times).get("tpu_custom_call"):
+    if kernel == "splash" and hlo_stats.custom_calls(comps, times).get("tpu_custom_call"):
         # The scores and values matmuls (forward, backward, recomputation) run inside Mosaic.
         kernel_flops = attention_flops(analytic) / chips
-    cost = compiled.cost_analysis() or {}
-    cost = cost[0] if isinstance(cost, list) else cost
-    return CompiledPlan(device, topology, chips, tuple(mesh.devices.shape), options["attention_impl"], seconds,
+    return CompiledPlan(device, tpu.topology_name(device, chips), chips, mesh_shape, kernel, compile_seconds,
                         memory, tpu.CHIPS[device].hbm_bytes, hlo_stats.collectives(comps, chips, times),
                         hlo_stats.matmul_flops(comps, times), kernel_flops, analytic,
                         c.batch_size * c.seq_len * (2 if c.task == "dpo" else 1),
