@@ -128,6 +128,7 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
 """
     comps = hlo_stats.parse(text)
     assert hlo_stats.multiplicities(comps)["body"] == 12
+    assert hlo_stats.estimated_cycles(comps) == {}  # off TPU: no estimates in the HLO
     cols = hlo_stats.collectives(comps, 4)
     assert cols["all-gather"].ops == 1 and cols["all-gather"].count == 12
     assert cols["all-gather"].bytes == 12 * 8 * 16 * 4
@@ -160,6 +161,51 @@ def test_collectives_are_told_apart_by_chain_not_by_channel_alone():
     cols = hlo_stats.collectives(hlo_stats.parse(text), 4)
     assert cols["all-gather"].count == 2 and cols["all-gather"].bytes == 2 * 8 * 16 * 2
     assert cols["reduce-scatter"].count == 3 and cols["reduce-scatter"].bytes == 3 * 8 * 16 * 2
+
+
+def test_the_cost_models_cycles_split_into_matmul_ops_and_the_rest():
+    # libtpu writes each scheduled op's estimate into its backend config; a loop body's ops
+    # count as often as the loop runs, a fusion holding a dot (even nested) is a matmul op.
+    cfg = 'backend_config={{"flag_configs":[],"estimated_cycles":"{}"}}'
+    text = f"""HloModule m
+
+%inner (a: f32[8,8]) -> f32[8,8] {{
+  %a = f32[8,8]{{1,0}} parameter(0)
+  ROOT %d = f32[8,8]{{1,0}} dot(%a, %a), lhs_contracting_dims={{1}}, rhs_contracting_dims={{0}}
+}}
+
+%outer (b: f32[8,8]) -> f32[8,8] {{
+  %b = f32[8,8]{{1,0}} parameter(0)
+  ROOT %c = f32[8,8]{{1,0}} call(%b), to_apply=%inner
+}}
+
+%ew (e: f32[8,8]) -> f32[8,8] {{
+  %e = f32[8,8]{{1,0}} parameter(0)
+  ROOT %t = f32[8,8]{{1,0}} tanh(%e)
+}}
+
+%body (p: (s32[], f32[8,8])) -> (s32[], f32[8,8]) {{
+  %p = (s32[], f32[8,8]) parameter(0)
+  %x = f32[8,8]{{1,0}} get-tuple-element(%p), index=1
+  %m = f32[8,8]{{1,0}} fusion(%x), kind=kOutput, calls=%outer, {cfg.format(100)}
+  %y = f32[8,8]{{1,0}} fusion(%m), kind=kLoop, calls=%ew, {cfg.format(7)}
+  ROOT %t = (s32[], f32[8,8]) tuple(%i, %y)
+}}
+
+%cond (p: (s32[], f32[8,8])) -> pred[] {{
+  %p = (s32[], f32[8,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(4)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}}
+
+ENTRY %main (a: f32[8,8]) -> f32[8,8] {{
+  %a = f32[8,8]{{1,0}} parameter(0)
+  %w = (s32[], f32[8,8]) while(%t0), condition=%cond, body=%body
+  ROOT %r = f32[8,8]{{1,0}} copy(%a), {cfg.format(5)}
+}}
+"""
+    assert hlo_stats.estimated_cycles(hlo_stats.parse(text)) == {"matmul": 4 * 100, "other": 4 * 7 + 5}
 
 
 def test_the_estimate_says_when_the_cost_model_gave_no_time():

@@ -97,6 +97,8 @@ class CompiledPlan:
     analytic: dict[str, float]  # whole step, all chips
     tokens_per_step: int
     xla_cost: dict[str, float]  # cost_analysis(), which counts loop bodies once
+    # XLA's TPU cost model per op, every loop iteration: hlo_stats.estimated_cycles
+    cycles: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
@@ -159,6 +161,11 @@ class CompiledPlan:
         lines.append(f"FLOPs per chip per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + attention "
                      f"kernel {self.kernel_flops:.4g}); analytic {analytic:.4g} ({self.flops_per_chip / analytic:.3f}x); "
                      f"XLA cost_analysis counts loop bodies once: {self.xla_cost.get('flops', 0):.4g}")
+        if self.cycles:
+            total = sum(self.cycles.values())
+            lines.append(f"XLA's TPU cost model by op (estimated cycles, every loop iteration): ops holding a matmul "
+                         f"{self.cycles['matmul'] / total:.1%}, the rest {self.cycles['other'] / total:.1%} "
+                         f"(elementwise, reductions, copies)")
         e = self.estimate()
         basis = (f"XLA's TPU cost model, every loop iteration; at peak FLOP/s {e['peak_seconds']:.3f}s"
                  if e["cost_model"] else
@@ -228,7 +235,8 @@ def read_compiled(c, config: ModelConfig, device: str, chips: int, mesh_shape: t
                         memory, tpu.CHIPS[device].hbm_bytes, hlo_stats.collectives(comps, chips, times),
                         hlo_stats.matmul_flops(comps, times), kernel_flops, analytic,
                         c.batch_size * c.seq_len * (2 if c.task == "dpo" else 1),
-                        {k: float(v) for k, v in cost.items() if k in ("flops", "optimal_seconds", "bytes accessed")})
+                        {k: float(v) for k, v in cost.items() if k in ("flops", "optimal_seconds", "bytes accessed")},
+                        hlo_stats.estimated_cycles(comps, times))
 
 
 # ---- --search: candidate settings for a slice, compiled and ranked -------------------------

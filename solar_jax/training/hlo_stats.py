@@ -307,3 +307,40 @@ def custom_calls(comps: dict[str, Computation], times: dict[str, int] | None = N
                 target = re.search(r'custom_call_target="([^"]+)"', inst.attributes)
                 out[target.group(1) if target else "?"] += times[comp.name]
     return dict(out)
+
+
+def _has_matmul(name: str, comps: dict[str, Computation], seen: set[str] | None = None) -> bool:
+    """Whether computation `name`, or one it calls, holds a dot or convolution."""
+    seen = set() if seen is None else seen
+    if name in seen or name not in comps:
+        return False
+    seen.add(name)
+    for inst in comps[name].instructions:
+        if inst.opcode in ("dot", "convolution"):
+            return True
+        for _, called in _CALLED.findall(inst.attributes):
+            if any(_has_matmul(c, comps, seen) for c in re.findall(r"%?([^,\s{}%]+)", called)):
+                return True
+    return False
+
+
+def estimated_cycles(comps: dict[str, Computation], times: dict[str, int] | None = None) -> dict[str, float]:
+    """XLA's TPU cost model per op: libtpu writes each scheduled op's "estimated_cycles" into
+    its backend config. Summed with multiplicities, split into ops that hold a matmul (a dot
+    or convolution, alone or fused) and the rest (elementwise, reductions, copies, layout
+    changes). Collectives and Mosaic kernels carry no estimate. {} off TPU."""
+    times = times if times is not None else multiplicities(comps)
+    out = {"matmul": 0.0, "other": 0.0}
+    for comp in comps.values():
+        n = times.get(comp.name, 0)
+        if not n:
+            continue
+        for inst in comp.instructions:
+            cycles = re.search(r'"estimated_cycles":"(\d+)"', inst.attributes)
+            if not cycles:
+                continue
+            called = [c for _, group in _CALLED.findall(inst.attributes) for c in re.findall(r"%?([^,\s{}%]+)", group)]
+            matmul = inst.opcode in ("dot", "convolution") or any(_has_matmul(c, comps) for c in called)
+            out["matmul" if matmul else "other"] += n * int(cycles.group(1))
+    return out if out["matmul"] or out["other"] else {}
+
