@@ -56,6 +56,7 @@ def get_config(arg=None):
         c.rows_per_chip = 4
         c.seq_len = 4096
         c.remat = "full"
+        c.logits_dtype = "float32"  # solar_jax's; MaxText's default rounds them to bf16 ("compute")
         c.loops = "scanned,unrolled"  # the layer loop: scanned (both frameworks' default), unrolled
         c.maxtext_flags = "own,solar_jax"  # MaxText compiled with its own libtpu flags, with solar_jax's
     if arg == "data":

@@ -130,6 +130,23 @@ def test_logits_backward_takes_the_cotangent_in_the_compute_dtype():
     np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(ref_dx, np.float32), rtol=2e-2, atol=2e-2)
 
 
+def test_logits_in_the_compute_dtype_are_rounded_to_it_and_float32_out(tiny_hf):
+    _, path = tiny_hf("llama_gqa")
+    model = hf.load_hf(path)
+    params = model_lib.param_dict(model)
+    ids = jnp.asarray(np.random.RandomState(8).randint(0, 128, (2, 12)), jnp.int32)
+    precise = np.asarray(model_lib.model_from_params(model.config, params, dtype="bfloat16")(ids))
+    rounded = np.asarray(model_lib.model_from_params(model.config, params, dtype="bfloat16",
+                                                     logits_dtype="compute")(ids))
+    assert rounded.dtype == np.float32
+    np.testing.assert_array_equal(rounded, rounded.astype(jnp.bfloat16).astype(np.float32))  # bf16 values
+    assert not np.array_equal(precise, precise.astype(jnp.bfloat16).astype(np.float32))  # float32 values
+    np.testing.assert_allclose(rounded, precise, atol=0.05, rtol=0.02)
+    # in float32 compute both are the same float32 matmul
+    same = model_lib.model_from_params(model.config, params, logits_dtype="compute")(ids)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(model(ids)))
+
+
 def test_bfloat16_compute_is_close_and_float32_out(tiny_hf):
     ref_model, path = tiny_hf("llama_gqa")
     model = hf.load_hf(path, dtype="bfloat16")

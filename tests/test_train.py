@@ -234,6 +234,7 @@ def _exit2(*args, match, env=None):
     ("--config.dtype=float8", "unknown dtype"),
     ("--config.upscale_m=9", "0 <= m < n"),
     ("--config.scan_unroll=0", "scan_unroll must be positive, got 0"),
+    ("--config.logits_dtype=bfloat16", "unknown logits_dtype 'bfloat16'; known: float32, compute"),
 ])
 def test_config_errors_before_compiling(tmp_path, flag, match):
     _exit2(*_train_cmd(tmp_path / "run", flag), match=match)

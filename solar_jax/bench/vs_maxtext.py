@@ -72,7 +72,7 @@ def run_config(c, chips: int, unrolled: bool) -> tuple[Any, ModelConfig]:
         config = dataclasses.replace(config, num_layers=c.layers)
     run = compiled_plan.with_overrides(run, {
         "batch_size": c.rows_per_chip * chips, "seq_len": c.seq_len, "remat": c.remat, "grad_accum_steps": 1,
-        "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, "attention_impl": "splash",
+        "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, "attention_impl": "splash", "logits_dtype": c.logits_dtype,
         "scan_unroll": config.num_layers if unrolled else 1})
     return run, config
 
@@ -135,7 +135,8 @@ def main(c) -> None:
             print(_line(rows[-1]), flush=True)
     print()
     print(f"{c.slice}, Mistral-7B dims x {config.num_layers} layers, {c.rows_per_chip} x {c.seq_len} tokens per chip, "
-          f"remat {c.remat}, splash attention, fsdp {chips}; per chip:")
+          f"remat {c.remat}, splash attention, fsdp {chips}, solar_jax's logits_dtype {c.logits_dtype} "
+          "(MaxText's: compute); per chip:")
     print(table(rows))
 
 

@@ -25,6 +25,10 @@ from solar_jax.models.config import ModelConfig, rope_inv_freq
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# The vocab projection's output: float32 (accumulated and kept in float32, the default), or
+# compute (the compute dtype, as MaxText's default and transformers under bf16 autocast, then
+# float32 for the softmax: half the logits' memory, bf16-rounded logits).
+LOGITS_DTYPES = ("float32", "compute")
 ATTENTION_IMPLS = attention_lib.IMPLS
 
 # Logical axes of every parameter, by path in the state tree: the single source that the
@@ -270,9 +274,12 @@ class Transformer(nnx.Module):
     """The decoder: embed -> L stacked layers -> norm -> logits (float32)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: str = "float32",
-                 remat: str = "none", attention_impl: str = "xla", scan_unroll: int = 1):
+                 remat: str = "none", attention_impl: str = "xla", scan_unroll: int = 1,
+                 logits_dtype: str = "float32"):
         if remat not in REMAT_POLICIES:
             raise SolarError(f"unknown remat policy {remat!r}; known: {', '.join(REMAT_POLICIES)}")
+        if logits_dtype not in LOGITS_DTYPES:
+            raise SolarError(f"unknown logits_dtype {logits_dtype!r}; known: {', '.join(LOGITS_DTYPES)}")
         if scan_unroll < 1:
             raise SolarError(f"scan_unroll must be at least 1 (layers per loop iteration), got {scan_unroll}")
         if attention_impl not in ATTENTION_IMPLS:
@@ -283,6 +290,7 @@ class Transformer(nnx.Module):
         # body; num_layers or more unrolls the loop (more code and compile time; XLA then
         # schedules and fuses across layers). The params stay stacked either way.
         self.scan_unroll = min(scan_unroll, config.num_layers)
+        self.logits_dtype = logits_dtype
         self.source_dir: str | None = None  # HF dir it came from: tokenizer files for export
         compute = dtype_from_name(dtype)
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, param_dtype=jnp.float32,
@@ -305,7 +313,7 @@ class Transformer(nnx.Module):
     def options(self) -> dict[str, str]:
         """Run options to rebuild an equivalent module around new params or a new config."""
         return dict(dtype=self.dtype_name, remat=self.remat, attention_impl=self.attention_impl,
-                    scan_unroll=self.scan_unroll)
+                    scan_unroll=self.scan_unroll, logits_dtype=self.logits_dtype)
 
     def __call__(self, tokens, positions=None, segment_ids=None):
         """tokens int [B, T] -> logits float32 [B, T, V].
@@ -326,8 +334,10 @@ class Transformer(nnx.Module):
 
     def unembed(self, x: jax.Array) -> jax.Array:
         """Final hidden states [..., D] -> logits [..., V] (float32)."""
-        table = (self.embed if self.lm_head is None else self.lm_head).embedding[...]
-        return logits_matmul(x, table.astype(x.dtype))
+        table = (self.embed if self.lm_head is None else self.lm_head).embedding[...].astype(x.dtype)
+        if self.logits_dtype == "compute":  # rounded to the compute dtype, then float32 for the softmax
+            return jnp.einsum("...D,VD->...V", x, table).astype(jnp.float32)
+        return logits_matmul(x, table)
 
     def trunk(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False, mask=None):
         """Everything but the vocab projection: (final-normed states [B, T, D], new cache or

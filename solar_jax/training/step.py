@@ -32,7 +32,7 @@ def model_options(c, mesh) -> dict[str, str]:
     mesh's devices (a TPU slice compiled from a CPU host gets splash, not the host's kernel)."""
     platform = mesh.devices.flat[0].platform
     return dict(dtype=c.dtype, remat=c.remat, attention_impl=attention.resolve(c.attention_impl, platform),
-                scan_unroll=c.scan_unroll)
+                scan_unroll=c.scan_unroll, logits_dtype=c.logits_dtype)
 
 
 def lower_train_step(c, graphdef, layout, objective: Objective, fields: dict, mesh, trainable: dict | None = None):
