@@ -52,10 +52,12 @@ def get_config(arg=None):
         c.warmup_steps = 500
         c.dtype = "bfloat16"
         c.remat = "dots_no_batch"
-        # 4 microbatches of 4 rows per chip: 72.5 GiB of a v5p chip's 95 with splash attention,
+        # 4 microbatches of 4 rows per chip: 72.4 GiB of a v5p chip's 95 with splash attention,
         # compiled by libtpu (python -m solar_jax.plan --config=configs/cpt.py:solar
         # --config.model_preset=mistral-7b --device=v5p-128 --compile); one batch of 16 rows
-        # would need ~273 GiB. Other slices (libtpu compiles, docs/results/tpu-2026-12-03):
+        # would need ~273 GiB. --config.scan_unroll=48 (the layer loop unrolled): 73.2 GiB and
+        # an estimated 6.2% shorter step by XLA's cost model alone, at a 6x longer compile
+        # (docs/results/tpu-2026-12-05); the config keeps the loop. Other slices (libtpu compiles, docs/results/tpu-2026-12-03):
         # v6e-256 as is (19.4 GiB of 32); v4-128 --config.remat=full --config.grad_accum_steps=2
         # (28.8 of 32); v5e-256 --config.remat=full --config.grad_accum_steps=1 (12.3 of 16).
         c.grad_accum_steps = 4
