@@ -36,9 +36,6 @@ WORKER = Path(__file__).with_name("maxtext_worker.py")
 REMAT = {"full": "full"}  # solar_jax's policy -> MaxText's with the same saved residuals
 LOOPS = ("scanned", "unrolled")
 FLAG_SETS = ("own", "solar_jax")  # MaxText's libtpu flags: its own, or solar_jax's
-# MaxText names slices by TensorCores like solar_jax, but v5e by chips: v5e-256.
-_MAXTEXT_PREFIX = {"tpu-v4": "v4", "tpu-v5p": "v5p", "tpu-v5e": "v5e", "tpu-v6e": "v6e"}
-_CORES = {"tpu-v4": 2, "tpu-v5p": 2, "tpu-v5e": 1, "tpu-v6e": 1}
 
 
 def check(c) -> tuple[str, int]:
@@ -90,7 +87,8 @@ def maxtext_env(flags: str) -> dict[str, str]:
 
 def compile_maxtext(c, run, config, device: str, chips: int, unrolled: bool, flags: str):
     """MaxText's step compiled by maxtext_worker.py, read as plan --compile reads ours."""
-    overrides = [f"compile_topology={_MAXTEXT_PREFIX[device]}-{chips * _CORES[device]}",
+    # MaxText names slices as solar_jax does, but v5e's as v5e-N
+    overrides = [f"compile_topology={c.slice.lower().replace('v5litepod', 'v5e')}",
                  "compile_topology_num_slices=1", "model_name=mistral-7b", "override_model_config=True",
                  f"base_num_decoder_layers={config.num_layers}", f"per_device_batch_size={c.rows_per_chip}",
                  f"max_target_length={c.seq_len}", f"remat_policy={REMAT[c.remat]}", "attention=flash",
@@ -110,9 +108,8 @@ def compile_maxtext(c, run, config, device: str, chips: int, unrolled: bool, fla
 
 def row(side: str, loop: str, flags: str, p: compiled_plan.CompiledPlan) -> dict:
     e = p.estimate()
-    kinds = {k: p.collectives[k] for k in p.collectives}
-    gib = lambda kind: kinds[kind].bytes / GiB if kind in kinds else 0.0  # noqa: E731
-    wire = sum(col.wire_bytes for col in kinds.values()) / GiB
+    gib = lambda kind: p.collectives[kind].bytes / GiB if kind in p.collectives else 0.0  # noqa: E731
+    wire = sum(col.wire_bytes for col in p.collectives.values()) / GiB
     cost_model = e["compute_seconds"] - p.kernel_flops / tpu.CHIPS[p.device].peak_flops
     return dict(side=side, loop=loop, flags=flags, compile=p.compile_seconds, temp=p.memory["temporaries"] / GiB,
                 peak=p.peak_bytes / GiB, code=p.memory["code"] / GiB, ag=gib("all-gather"), rs=gib("reduce-scatter"),

@@ -259,8 +259,8 @@ def _logits_matmul_fwd(x, table):
 def _logits_matmul_bwd(residuals, g):
     # The float32 cotangent g [..., V] is cast to the compute dtype before the two backward
     # matmuls, as every other matmul of the step takes its cotangent: the table's gradient is
-    # then made and reduce-scattered in bf16 under bf16 compute (autodiff's default keeps it
-    # float32: twice the bytes over ICI and through HBM, measured with plan --compile). A
+    # then made and reduced across devices in bf16 under bf16 compute (autodiff's default keeps
+    # it float32: twice the bytes over ICI and through HBM, measured with plan --compile). A
     # float32 model is unchanged.
     x, table = residuals
     g = g.astype(x.dtype)
