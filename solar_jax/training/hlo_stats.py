@@ -137,6 +137,11 @@ def _trip_count(inst: Instruction, comps: dict[str, Computation]) -> int:
     return 1
 
 
+def _callees(inst: Instruction) -> list[str]:
+    """Names of the computations an instruction calls (fusions, bodies, branches, reducers)."""
+    return [c for _, group in _CALLED.findall(inst.attributes) for c in re.findall(r"%?([^,\s{}%]+)", group)]
+
+
 def multiplicities(comps: dict[str, Computation]) -> dict[str, int]:
     """Computation name -> how many times it runs per execution of the entry."""
     entry = next(c for c in comps.values() if c.entry)
@@ -148,9 +153,8 @@ def multiplicities(comps: dict[str, Computation]) -> dict[str, int]:
         counts[name] += times
         for inst in comps[name].instructions:
             factor = _trip_count(inst, comps) if inst.opcode == "while" else 1
-            for _, called in _CALLED.findall(inst.attributes):
-                for callee in re.findall(r"%?([^,\s{}%]+)", called):
-                    visit(callee, times * factor)
+            for callee in _callees(inst):
+                visit(callee, times * factor)
 
     visit(entry.name, 1)
     return dict(counts)
@@ -318,9 +322,8 @@ def _has_matmul(name: str, comps: dict[str, Computation], seen: set[str] | None 
     for inst in comps[name].instructions:
         if inst.opcode in ("dot", "convolution"):
             return True
-        for _, called in _CALLED.findall(inst.attributes):
-            if any(_has_matmul(c, comps, seen) for c in re.findall(r"%?([^,\s{}%]+)", called)):
-                return True
+        if any(_has_matmul(c, comps, seen) for c in _callees(inst)):
+            return True
     return False
 
 
@@ -339,8 +342,7 @@ def estimated_cycles(comps: dict[str, Computation], times: dict[str, int] | None
             cycles = re.search(r'"estimated_cycles":"(\d+)"', inst.attributes)
             if not cycles:
                 continue
-            called = [c for _, group in _CALLED.findall(inst.attributes) for c in re.findall(r"%?([^,\s{}%]+)", group)]
-            matmul = inst.opcode in ("dot", "convolution") or any(_has_matmul(c, comps) for c in called)
+            matmul = inst.opcode in ("dot", "convolution") or any(_has_matmul(c, comps) for c in _callees(inst))
             out["matmul" if matmul else "other"] += n * int(cycles.group(1))
     return out if out["matmul"] or out["other"] else {}
 

@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     # body (fastest compile, least code); a value >= the model's layers unrolls the loop. SOLAR
     # 10.7B on v5p-128 (remat full, 4 x 4096 per chip), by plan --compile: unrolled, XLA's TPU
     # cost model estimates the step 4.5% faster (3.50 s vs 3.67 s), for 23.0 GiB of temporaries
-    # per chip instead of 14.0, 1.3 GiB of code and a 3x longer compile. The fast planner
+    # per chip instead of 14.0, 1.3 GiB of code and a 3-5x longer compile. The fast planner
     # models the loop (scan_unroll=1): check an unrolled step with plan --compile.
     c.scan_unroll = 1
     # The vocab projection's output: float32 (accumulated in float32 and kept: the precise
