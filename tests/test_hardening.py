@@ -242,6 +242,42 @@ def test_a_save_the_disk_cannot_hold_is_refused_before_writing(tmp_path, monkeyp
     check_free_space(tmp_path / "checkpoints", 1024, "a small write", [])  # real free space: enough
 
 
+def test_checkpoint_compression_is_a_choice_and_either_format_restores(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from solar_jax.training import checkpoint
+
+    # Smooth values: zstd shrinks them a lot, so the two settings' sizes differ for sure.
+    state = {"w": jnp.tile(jnp.arange(512, dtype=jnp.float32), (512, 1)), "b": {"c": jnp.ones((8,), jnp.bfloat16)}}
+    sizes = {}
+    for compression in (False, True):
+        d = tmp_path / f"compression-{compression}"
+        ckpt = checkpoint.Checkpointer(d, async_save=False, compression=compression)
+        ckpt.save(1, state, None, {"step": 1})
+        ckpt.close()
+        sizes[compression] = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    assert sizes[True] < 0.5 * sizes[False], sizes
+    # A run written before the choice existed (orbax's StandardSave, compressed) resumes too.
+    manager = ocp.CheckpointManager(tmp_path / "standard", item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"step": 1})))
+    manager.wait_until_finished()
+    manager.close()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = checkpoint.abstract_like(state, jax.tree.map(lambda _: sharding, state))
+    for written in (False, True, "standard"):
+        for reading in (False, True):  # the setting does not change what a restore reads
+            d = tmp_path / (written if written == "standard" else f"compression-{written}")
+            ckpt = checkpoint.Checkpointer(d, compression=reading)
+            step, restored, meta = ckpt.restore(abstract)
+            ckpt.close()
+            assert step == 1 and meta == {"step": 1} and restored["b"]["c"].dtype == jnp.bfloat16
+            np.testing.assert_array_equal(restored["w"], state["w"])
+
+
 def test_stale_temporary_siblings_of_dead_writers_are_removed(tmp_path):
     out = tmp_path / "model"
     dead = subprocess.Popen(["true"])

@@ -35,7 +35,7 @@ class _FrozenIteratorState:
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True, compression: bool = False):
         # gs:// (and other remote) paths go to orbax/tensorstore as they are; pathlib would
         # fold the double slash.
         self.directory = epath.Path(directory) if "://" in str(directory) else Path(directory).absolute()
@@ -43,7 +43,13 @@ class Checkpointer:
         # dir; the next start removes it instead of keeping it forever.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+        # The train state through orbax's pytree handler, whose zstd compression is a choice
+        # (StandardSave always compresses): float32 weights and Adam moments shrink by 5-8% at
+        # 1.6-3x the write time (run_config.checkpoint_compression). Either format restores
+        # with either setting, and so do checkpoints StandardSave wrote.
+        handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=compression)}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"),
+                                             item_handlers=handlers)
         self._failed = False
 
     def all_steps(self) -> list[int]:
@@ -54,7 +60,7 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict[str, Any], force: bool = False) -> bool:
-        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        items = dict(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator.get_state()))
         self._check_free_space(step, state)
@@ -112,7 +118,9 @@ class Checkpointer:
             raise SolarError(f"no checkpoint in {self.directory}")
         errors = []
         for s in steps:
-            items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+            items = dict(state=ocp.args.PyTreeRestore(
+                abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+                meta=ocp.args.JsonRestore())
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:

@@ -182,8 +182,8 @@ class _Run:
 def _set_up(c, workdir: Path, checkpoint_dir, source: ModelSource, tokenizer, mesh) -> _Run:
     graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **model_options(c, mesh)))
     layout = state_layout(c, source.config, mesh)
-    ckpt = Checkpointer(checkpoint_dir, keep=c.keep_checkpoints,
-                        async_save=c.async_checkpoint)
+    ckpt = Checkpointer(checkpoint_dir, keep=c.keep_checkpoints, async_save=c.async_checkpoint,
+                        compression=c.checkpoint_compression)
     resuming = ckpt.latest_step() is not None
     # The initial weights are needed to start, and by DPO for its reference (a frozen copy, or
     # log-probs computed once): load them only then.

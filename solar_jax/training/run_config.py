@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
     c.async_checkpoint = True
+    # zstd-compressed checkpoints (orbax's StandardSave always compresses): a float32 state
+    # 5-8% smaller at 1.6-3x the write time. The 44-layer CPU default's 3-step run: 2.0 vs
+    # 2.1 GiB, 9.6 vs 6.1 s waiting for the last save; a background save takes host CPU.
+    c.checkpoint_compression = False
     c.eval_every = 50
     c.eval_batches = 8  # 0: the whole held-out set
     c.log_every = 1
