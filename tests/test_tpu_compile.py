@@ -243,6 +243,22 @@ def _one_line_exit_2(r):
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_libtpu_flags_are_added_by_name_and_the_users_values_win(monkeypatch):
+    # The user turns off one fusion step; the other flags, one of whose names is a prefix of
+    # the user's, are still added, and the user's value is kept.
+    mine = "--xla_tpu_enable_async_collective_fusion_multiple_steps=false --xla_foo=1"
+    monkeypatch.setenv("LIBTPU_INIT_ARGS", mine)
+    tpu.apply_libtpu_flags()
+    args = os.environ["LIBTPU_INIT_ARGS"].split()
+    assert args[:2] == mine.split()
+    assert "--xla_tpu_enable_async_collective_fusion=true" in args
+    assert "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true" in args
+    assert "--xla_tpu_enable_async_collective_fusion_multiple_steps=true" not in args
+    assert len(args) == 2 + len(tpu.LIBTPU_FLAGS) - 1
+    tpu.apply_libtpu_flags()  # idempotent
+    assert os.environ["LIBTPU_INIT_ARGS"].split() == args
+
+
 def test_plan_compile_bad_input_is_one_line():
     base = ["solar_jax.plan", "--config=configs/cpt.py:tiny", "--config.seq_len=128", "--compile"]
     r = run_command(*base, "--device=v5p-6")  # 3 chips: no such slice

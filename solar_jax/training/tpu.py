@@ -75,7 +75,10 @@ def apply_libtpu_flags() -> None:
     """Adds LIBTPU_FLAGS to LIBTPU_INIT_ARGS (a flag the user set keeps the user's value);
     libtpu reads it when jax first loads the TPU plugin."""
     current = os.environ.get("LIBTPU_INIT_ARGS", "")
-    missing = [f for f in LIBTPU_FLAGS if f.split("=")[0] not in current]
+    # By name, not by substring: --xla_tpu_enable_async_collective_fusion is a prefix of
+    # ..._fusion_multiple_steps, which a user may set alone.
+    named = {arg.split("=")[0] for arg in current.split()}
+    missing = [f for f in LIBTPU_FLAGS if f.split("=")[0] not in named]
     if missing:
         os.environ["LIBTPU_INIT_ARGS"] = " ".join([current, *missing]).strip()
 
