@@ -244,8 +244,8 @@ def _one_line_exit_2(r):
 
 
 def test_libtpu_flags_are_added_by_name_and_the_users_values_win(monkeypatch):
-    # The user sets a fusion flag solar_jax does not; solar_jax's, one of whose names is a
-    # prefix of the user's, are still added, and the user's own flags kept as they are.
+    # The user turns one fusion step back on; solar_jax's other flags, one of whose names is a
+    # prefix of the user's, are still added, and the user's value is kept.
     mine = "--xla_tpu_enable_async_collective_fusion_multiple_steps=true --xla_foo=1"
     monkeypatch.setenv("LIBTPU_INIT_ARGS", mine)
     tpu.apply_libtpu_flags()
@@ -253,7 +253,8 @@ def test_libtpu_flags_are_added_by_name_and_the_users_values_win(monkeypatch):
     assert args[:2] == mine.split()
     assert "--xla_tpu_enable_async_collective_fusion=true" in args
     assert "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true" in args
-    assert len(args) == 2 + len(tpu.LIBTPU_FLAGS)
+    assert "--xla_tpu_enable_async_collective_fusion_multiple_steps=false" not in args
+    assert len(args) == 2 + len(tpu.LIBTPU_FLAGS) - 1
     tpu.apply_libtpu_flags()  # idempotent
     assert os.environ["LIBTPU_INIT_ARGS"].split() == args
 

@@ -59,16 +59,18 @@ _SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128
 # all-reduces of zero-padded buffers (pytorch/xla #6528), which keeps each gathered weight
 # alive from the forward to the backward pass. Measured with plan --compile (v5p-128,
 # Mistral-7B dims, 1 layer): 0 -> 37 all-gathers, 1.84 -> 1.65 GiB temporaries per chip.
-# The async set is the one Cloud TPU's public training recipes (tpu-recipes) pass, less
-# ..._fusion_multiple_steps: on v5p-128 (SOLAR 10.7B, plan --compile, XLA's cost model) it
-# made the step slower, :solar 13.14 -> 13.25 s and the remat-full step 3.889 -> 3.925 s
-# (unrolled 3.696 -> 3.755 s), same collectives. ..._overlap_compute_collective_tc is the
-# one the gathers need: without it they are all-reduces again.
+# The async set is the one Cloud TPU's public training recipes (tpu-recipes) pass, but with
+# ..._fusion_multiple_steps off (libtpu turns it on when the flag is not given): on v5p-128
+# (SOLAR 10.7B, plan --compile, XLA's cost model) it made the step slower, :solar 13.14 vs
+# 13.25 s and the remat-full step 3.889 vs 3.925 s (unrolled 3.696 vs 3.755 s), with the same
+# collectives. ..._overlap_compute_collective_tc is the one the gathers need: without it
+# they are all-reduces again.
 LIBTPU_FLAGS = (
     "--xla_enable_async_all_gather=true",
     "--xla_tpu_prefer_async_allgather_to_allreduce=true",
     "--xla_tpu_enable_async_collective_fusion=true",
     "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true",
+    "--xla_tpu_enable_async_collective_fusion_multiple_steps=false",
     "--xla_tpu_overlap_compute_collective_tc=true",
     "--xla_enable_async_all_reduce=true",
 )
