@@ -56,10 +56,11 @@ def get_config(arg=None):
         # compiled by libtpu (python -m solar_jax.plan --config=configs/cpt.py:solar
         # --config.model_preset=mistral-7b --device=v5p-128 --compile); one batch of 16 rows
         # would need ~273 GiB. --config.scan_unroll=48 (the layer loop unrolled): 73.2 GiB and
-        # an estimated 6.2% shorter step by XLA's cost model alone, at a 6x longer compile
-        # (docs/results/tpu-2026-12-05); the config keeps the loop. Other slices (libtpu compiles, docs/results/tpu-2026-12-03):
-        # v6e-256 as is (19.4 GiB of 32); v4-128 --config.remat=full --config.grad_accum_steps=2
-        # (28.8 of 32); v5e-256 --config.remat=full --config.grad_accum_steps=1 (12.3 of 16).
+        # an estimated 6.2% shorter step by XLA's cost model alone (under the earlier libtpu
+        # flags), at a 6x longer compile; the config keeps the loop. Other slices (libtpu
+        # compiles, docs/results/tpu-2026-12-05/bench-tpu-per-slice.txt): v6e-256 as is (19.0
+        # GiB of 32); v4-128 --config.remat=full --config.grad_accum_steps=2 (27.5 of 32);
+        # v5e-256 --config.remat=full --config.grad_accum_steps=1 (11.8 of 16).
         c.grad_accum_steps = 4
         c.mesh.data = 1
         c.mesh.fsdp = -1

@@ -44,9 +44,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
         # The train state through orbax's pytree handler, whose zstd compression is a choice
-        # (StandardSave always compresses): float32 weights and Adam moments shrink by 5-8% at
-        # 1.6-3x the write time (run_config.checkpoint_compression). Either format restores
-        # with either setting, and so do checkpoints StandardSave wrote.
+        # (StandardSave always compresses; the trade-off: run_config.checkpoint_compression).
+        # Either format restores with either setting, and so do checkpoints StandardSave wrote.
         handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=compression)}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"),
                                              item_handlers=handlers)
