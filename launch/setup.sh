@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a machine: a virtual environment with solar_jax.
-#   (default)                     CPU: the package and its test extra, torch==2.13.0
+#   (default)                     CPU: the package, its test and gpu-compile extras, torch==2.13.0
 #   SOLAR_JAX_ACCELERATOR=tpu     a TPU VM worker: jax[tpu], no torch
 #   SOLAR_JAX_ACCELERATOR=cuda    a GPU host: jax[cuda12], no torch
 # torch==2.13.0 is pinned: on these machines pip takes a local CPU build (an unpinned
@@ -59,8 +59,10 @@ fi
 case "$ACCELERATOR" in
   cpu)
     "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-    "$VENV/bin/python" -m pip install --quiet -e ".[test]" ;;
+    # gpu-compile: XLA's GPU compiler, for plan --compile on GPU hosts without a GPU (its tests
+    # run in CI); ~5 GB of wheels, which pip's cache keeps for the next set-up.
+    "$VENV/bin/python" -m pip install --quiet -e ".[test,gpu-compile]" ;;
   tpu) "$VENV/bin/python" -m pip install --quiet -e . "jax[tpu]" ;;
-  cuda) "$VENV/bin/python" -m pip install --quiet -e . "jax[cuda12]" ;;
+  cuda) "$VENV/bin/python" -m pip install --quiet -e ".[gpu-compile]" ;;
 esac
 echo "ready: $VENV ($ACCELERATOR)"

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from solar_jax import background_errors, host_malloc
 from solar_jax.config_files import config_path, floats, load_config, split_list  # noqa: F401  (re-exported)
 from solar_jax.errors import RunFailed, SolarError
+from solar_jax.hardware import gpu
 from solar_jax.training import distributed, tpu
 
 # XLA CPU flags that were measured to help; they only touch CPU codegen. YNNPACK for dots
@@ -42,6 +43,8 @@ def apply_default_xla_flags() -> None:
         os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
     tpu.apply_libtpu_flags()  # read only where jax loads libtpu (TPU hosts, plan --compile)
     tpu.quiet_off_tpu()  # libtpu installed on a host without TPU chips: no start-up errors
+    gpu.quiet_off_gpu()  # jax's CUDA plugin installed on a host without a GPU: no start-up traceback
+    gpu.apply_memory_fraction()  # read only where jax starts a GPU
 
 
 def fail(message: str, code: int = 2) -> None:

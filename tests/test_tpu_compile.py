@@ -215,7 +215,7 @@ def test_the_estimate_says_when_the_cost_model_gave_no_time():
     chip = tpu.CHIPS["tpu-v5e"]
 
     def estimate(seconds):
-        p = compiled_plan.CompiledPlan("tpu-v5e", "v5e:2x2", 4, (1, 4, 1), "splash", 1.0, memory, chip.hbm_bytes, {},
+        p = compiled_plan.CompiledPlan("tpu-v5e", "v5e:2x2", 4, (1, 4, 1), "splash", 1.0, memory, chip.memory_bytes, {},
                                        1e15, 0.0, analytic, 4096, dict(flops=5e14, optimal_seconds=seconds))
         return p.estimate(), p.report(), p.step_cell()
 
@@ -264,8 +264,9 @@ def test_plan_compile_bad_input_is_one_line():
     r = run_command(*base, "--device=v5p-6")  # 3 chips: no such slice
     _one_line_exit_2(r)
     assert "3 chips" in r.stderr
-    r = run_command(*base, "--device=h100", "--num_devices=8")
+    r = run_command(*base, "--device=h100x12")  # GPUs come in hosts of 8
     _one_line_exit_2(r)
+    assert "multiple of 8" in r.stderr
     r = run_command(*base, "--device=v5p-8", "--config.mesh.data=1", "--config.mesh.fsdp=3")
     _one_line_exit_2(r)
     r = run_command(*base, "--device=v5p-8", "--config.batch_size=6")

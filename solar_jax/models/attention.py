@@ -6,7 +6,8 @@
   splash  TPU splash attention (Pallas, flash-style: no T x T buffer); causal and sliding
           window masks as block-sparse masks, packed documents as segment ids. On other
           platforms the same kernel runs in Pallas interpret mode (slow; for tests)
-  auto    splash on TPU, cudnn on GPU, xla elsewhere
+  auto    splash on TPU, cudnn on GPU (in bfloat16 or float16; xla in float32, which cuDNN's
+          fused attention does not take), xla elsewhere
 
 Every path computes softmax(q k^T / sqrt(H) + mask) v with the mask: same segment, causal,
 and inside the sliding window if the model has one.
@@ -23,14 +24,21 @@ FLASH_IMPLS = ("cudnn", "splash")  # no T x T probabilities kept (the memory pla
 SPLASH_BLOCKS = (512, 256, 128)
 
 
-def resolve(impl: str, platform: str | None = None) -> str:
-    """'auto' -> the kernel for this platform; others unchanged."""
+HALF_DTYPES = ("bfloat16", "float16")  # what cuDNN's fused attention computes in
+
+
+def resolve(impl: str, platform: str | None = None, dtype: str | None = None) -> str:
+    """'auto' -> the kernel for this platform and compute dtype; others unchanged (cudnn in
+    float32 is refused: cuDNN's fused attention only takes half-precision inputs)."""
     if impl not in IMPLS:
         raise SolarError(f"unknown attention_impl {impl!r}; known: {', '.join(IMPLS)}")
+    if impl == "cudnn" and dtype is not None and dtype not in HALF_DTYPES:
+        raise SolarError(f"attention_impl=cudnn needs dtype bfloat16 or float16 (cuDNN's fused attention), got {dtype}")
     if impl != "auto":
         return impl
     platform = platform or jax.devices()[0].platform
-    return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+    kernel = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+    return "xla" if kernel == "cudnn" and dtype is not None and dtype not in HALF_DTYPES else kernel
 
 
 def check_seq_len(impl: str, seq_len: int) -> None:

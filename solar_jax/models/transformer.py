@@ -296,7 +296,7 @@ class Transformer(nnx.Module):
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, param_dtype=jnp.float32,
                                dtype=compute, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
 
-        self.kernel = attention_lib.resolve(attention_impl)  # "auto" -> this platform's kernel
+        self.kernel = attention_lib.resolve(attention_impl, dtype=dtype)  # "auto" -> this platform's kernel
 
         @nnx.split_rngs(splits=config.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)

@@ -1,8 +1,9 @@
-"""plan --compile: the real train step compiled for a TPU slice, and what the compiler says of it.
+"""plan --compile: the real train step compiled for a TPU slice or GPU hosts, and what the compiler says of it.
 
 The step is built exactly as the train command builds it (state_layout, objective,
 lower_train_step, the attention kernel of the target platform) against a Mesh of the
-slice's devices from libtpu, with no TPU attached. Reported per chip: XLA's memory analysis,
+slice's devices from libtpu, or of the GPUs from XLA's GPU compiler (hardware/gpu.py), with
+no TPU or GPU attached. Reported per chip: XLA's memory analysis,
 the collectives by kind with their bytes per step, the FLOPs per step (every scanned layer
 and microbatch counted as often as it runs, from the HLO) against the analytic count, and a
 step-time estimate. The estimate is a model, not a measurement:
@@ -15,6 +16,13 @@ step-time estimate. The estimate is a model, not a measurement:
   comm     = ring wire bytes per chip / half the chip's bidirectional ICI bandwidth
   step     = max(compute, comm) (collectives overlapped with compute, as XLA schedules them
              asynchronously); compute + comm is the bound with no overlap.
+On GPUs XLA has no cost model at compile time (no autotuning, cost_analysis() is None):
+  compute  = all FLOPs at GPU_EFFICIENCY of the chip's bf16 peak (an assumption, stated in
+             the report)
+  comm     = wire bytes per GPU of collectives within a host / NVLink's bandwidth per
+             direction + those of collectives whose groups span hosts / the GPU's NIC
+             bandwidth (one InfiniBand NIC per GPU), as NCCL's bus bandwidth model has it
+and the memory that fits is jax's allocator's share of the GPU (hardware/gpu.py).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from flax import nnx
 
 from solar_jax.config_files import set_keys
 from solar_jax.errors import SolarError
+from solar_jax.hardware import gpu
+from solar_jax.hardware.chips import CHIPS, GPUS
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
@@ -40,6 +50,9 @@ from solar_jax.training.step import lower_train_step, model_options, objective_f
 from solar_jax.training.task_data import batch_fields
 
 GiB = 2**30
+# The fraction of peak bf16 FLOP/s a GPU step is assumed to reach (no cost model on GPU):
+# an assumption, not a measurement, stated next to every figure made with it.
+GPU_EFFICIENCY = 0.5
 # What a table's "(peak)" mark means (CompiledPlan.step_cell).
 PEAK_MARK_NOTE = ("'(peak)': libtpu's cost model gave no time for the step, the figure is its FLOPs at the chip's "
                   "bf16 peak, a lower bound")
@@ -99,6 +112,14 @@ class CompiledPlan:
     xla_cost: dict[str, float]  # cost_analysis(), which counts loop bodies once
     # XLA's TPU cost model per op, every loop iteration: hlo_stats.estimated_cycles
     cycles: dict[str, float] = dataclasses.field(default_factory=dict)
+    # GPUs: cuDNN attention custom calls per step, whose workspace a deviceless compile leaves
+    # at zero bytes (not in `memory`), and spec fields this jaxlib's XLA did not know
+    cudnn_calls: int = 0
+    dropped_spec_fields: tuple[str, ...] = ()
+
+    @property
+    def platform(self) -> str:
+        return CHIPS[self.device].platform
 
     @property
     def peak_bytes(self) -> int:
@@ -114,10 +135,12 @@ class CompiledPlan:
         return self.hlo_flops + self.kernel_flops
 
     def estimate(self) -> dict[str, float]:
-        """Seconds per step by XLA's TPU cost model (optimal_seconds, which sees each loop body
+        """Seconds per step (see the module's docstring): on TPU by XLA's TPU cost model (optimal_seconds, which sees each loop body
         once, scaled by the HLO FLOPs over the FLOPs it counted, plus the kernel's FLOPs at
         peak), collectives over ICI, and what follows for tokens/s and MFU."""
-        chip = tpu.CHIPS[self.device]
+        chip = CHIPS[self.device]
+        if chip.platform == "gpu":
+            return self._gpu_estimate(chip)
         at_peak = self.flops_per_chip / chip.peak_flops
         counted, seconds = self.xla_cost.get("flops", 0.0), self.xla_cost.get("optimal_seconds", 0.0)
         # libtpu's cost model gives a negative optimal_seconds for whole train steps on v4, v5e
@@ -126,12 +149,26 @@ class CompiledPlan:
         xla = seconds * self.hlo_flops / counted + self.kernel_flops / chip.peak_flops if cost_model else 0.0
         compute = max(at_peak, xla)
         wire = sum(c.wire_bytes for c in self.collectives.values())
-        comm = wire / (chip.ici_bandwidth / 2)
+        comm = wire / (chip.link_bandwidth / 2)
         step = max(compute, comm)
         model_flops = self.analytic["weights"] + self.analytic["attention"]
         return dict(cost_model=cost_model, peak_seconds=at_peak, compute_seconds=compute, comm_seconds=comm,
                     step_seconds=step,
                     no_overlap_seconds=compute + comm, tokens_per_second_per_chip=self.tokens_per_step / self.chips / step,
+                    mfu=model_flops / self.chips / step / chip.peak_flops)
+
+    def _gpu_estimate(self, chip) -> dict[str, float]:
+        at_peak = self.flops_per_chip / chip.peak_flops
+        compute = at_peak / GPU_EFFICIENCY
+        cross = sum(c.cross_host_wire_bytes for c in self.collectives.values())
+        local = sum(c.wire_bytes for c in self.collectives.values()) - cross
+        nvlink, network = local / (chip.link_bandwidth / 2), cross / chip.network_bandwidth if cross else 0.0
+        comm = nvlink + network
+        step = max(compute, comm)
+        model_flops = self.analytic["weights"] + self.analytic["attention"]
+        return dict(cost_model=True, peak_seconds=at_peak, compute_seconds=compute, comm_seconds=comm,
+                    nvlink_seconds=nvlink, network_seconds=network, step_seconds=step, no_overlap_seconds=compute + comm,
+                    tokens_per_second_per_chip=self.tokens_per_step / self.chips / step,
                     mfu=model_flops / self.chips / step / chip.peak_flops)
 
     def step_cell(self, digits: int = 3) -> str:
@@ -141,24 +178,37 @@ class CompiledPlan:
 
     def report(self) -> str:
         m = self.memory
-        lines = [f"compiled for {self.topology} ({self.chips} chips of {self.device}) in {self.compile_seconds:.1f}s: "
+        unit = "GPU" if self.platform == "gpu" else "chip"
+        hosts = f"{self.chips} GPUs of {self.device}, hosts x GPUs {self.topology.split('x', 1)[1]}" \
+            if self.platform == "gpu" else f"{self.chips} chips of {self.device}"
+        lines = [f"compiled for {self.topology} ({hosts}) in {self.compile_seconds:.1f}s: "
                  f"mesh data={self.mesh[0]} fsdp={self.mesh[1]} tensor={self.mesh[2]}, attention {self.kernel}",
-                 "XLA memory per chip:"]
+                 f"XLA memory per {unit}:"]
         for key in ("arguments", "temporaries", "outputs", "aliased", "code"):
             lines.append(f"  {key:12s} {m[key] / GiB:9.2f} GiB")
         verdict = "fits" if self.fits else "does NOT fit"
+        share = (f" (jax's allocator's {gpu.memory_fraction():.0%} of {self.capacity / gpu.memory_fraction() / GiB:.1f} GiB: "
+                 f"XLA_PYTHON_CLIENT_MEM_FRACTION; the rest holds cuBLAS/cuDNN workspaces and NCCL buffers, which "
+                 f"XLA does not count)" if self.platform == "gpu" else "")
         lines.append(f"  {'peak':12s} {self.peak_bytes / GiB:9.2f} GiB: {verdict} in {self.capacity / GiB:.1f} GiB "
-                     f"({self.peak_bytes / self.capacity:.0%})")
-        lines.append("collectives per chip per step:")
+                     f"({self.peak_bytes / self.capacity:.0%}){share}")
+        if self.cudnn_calls:
+            lines.append(f"  not counted: the workspace of {self.cudnn_calls} cuDNN attention calls per step (a "
+                         f"deviceless compile sizes it at zero; cuDNN sets it on the GPU)")
+        if self.dropped_spec_fields:
+            lines.append(f"  GPU spec fields this jax's XLA does not know, dropped: {', '.join(self.dropped_spec_fields)}")
+        lines.append(f"collectives per {unit} per step:")
         if not self.collectives:
             lines.append("  none")
         for kind in hlo_stats.COLLECTIVES:
             if kind in self.collectives:
                 col = self.collectives[kind]
+                across = (f", {col.cross_host_wire_bytes / GiB:.3f} GiB of it between hosts"
+                           if col.cross_host_wire_bytes else "")
                 lines.append(f"  {kind:18s} {col.ops:4d} ops run {col.count:6d} times {col.bytes / GiB:9.3f} GiB "
-                             f"(on the wire {col.wire_bytes / GiB:.3f} GiB)")
+                             f"(on the wire {col.wire_bytes / GiB:.3f} GiB{across})")
         analytic = sum(self.analytic.values()) / self.chips
-        lines.append(f"FLOPs per chip per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + attention "
+        lines.append(f"FLOPs per {unit} per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + attention "
                      f"kernel {self.kernel_flops:.4g}); analytic {analytic:.4g} ({self.flops_per_chip / analytic:.3f}x); "
                      f"XLA cost_analysis counts loop bodies once: {self.xla_cost.get('flops', 0):.4g}")
         if self.cycles:
@@ -167,6 +217,16 @@ class CompiledPlan:
                          f"{self.cycles['matmul'] / total:.1%}, the rest {self.cycles['other'] / total:.1%} "
                          f"(elementwise, reductions, copies)")
         e = self.estimate()
+        if self.platform == "gpu":
+            chip = CHIPS[self.device]
+            lines.append(f"ESTIMATE (assumptions, not a measurement; XLA has no GPU cost model without a GPU): compute "
+                         f"{e['compute_seconds']:.3f}s (all FLOPs at {GPU_EFFICIENCY:.0%} of the bf16 peak, "
+                         f"{chip.peak_flops / 1e12:.0f} TFLOP/s), collectives {e['comm_seconds']:.3f}s (NVLink "
+                         f"{e['nvlink_seconds']:.3f}s at {chip.link_bandwidth / 2e9:.0f} GB/s per direction, between "
+                         f"hosts {e['network_seconds']:.3f}s at {chip.network_bandwidth / 1e9:.0f} GB/s per GPU), step "
+                         f"{e['step_seconds']:.3f}s (no overlap: {e['no_overlap_seconds']:.3f}s); "
+                         f"{e['tokens_per_second_per_chip']:,.0f} tokens/s per GPU, MFU {e['mfu']:.1%}")
+            return "\n".join(lines)
         basis = (f"XLA's TPU cost model, every loop iteration; at peak FLOP/s {e['peak_seconds']:.3f}s"
                  if e["cost_model"] else
                  f"FLOPs at the bf16 peak, a lower bound: XLA's TPU cost model gave no time for this step on "
@@ -185,10 +245,25 @@ def without_persistent_cache() -> None:
     jax.config.update("jax_enable_compilation_cache", False)
 
 
-def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dict | None = None) -> CompiledPlan:
-    """Compiles the train step of run config c for the slice (device, chips) and reads it."""
-    topology = tpu.topology_name(device, chips)
-    devices = tpu.topology_devices(device, chips)
+def target_devices(device: str, chips: int, gpu_spec: str | None = None,
+                   dropped: list[str] | None = None) -> tuple[str, list, int]:
+    """(topology name, devices, bytes per device the step may use) of a TPU slice or of GPU
+    hosts, for compiles with none attached. gpu_spec: a GpuTargetConfigProto text to compile
+    for instead of the chip table's description (its unknown fields go to `dropped`)."""
+    if device in GPUS:
+        devices = gpu.topology_devices(device, chips, gpu_spec, dropped)
+        memory = gpu.spec_memory_bytes(gpu_spec) if gpu_spec else GPUS[device].memory_bytes
+        return gpu.topology_name(device, chips), devices, int(memory * gpu.memory_fraction())
+    if gpu_spec:
+        raise SolarError(f"--gpu_spec is for GPUs, not {device}")
+    return tpu.topology_name(device, chips), tpu.topology_devices(device, chips), tpu.CHIPS[device].memory_bytes
+
+
+def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dict | None = None,
+                 gpu_spec: str | None = None) -> CompiledPlan:
+    """Compiles the train step of run config c for the slice or GPUs (device, chips) and reads it."""
+    dropped: list[str] = []
+    topology, devices, capacity = target_devices(device, chips, gpu_spec, dropped)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
     options = model_options(c, mesh)
     graphdef, _ = nnx.split(model_lib.abstract_model(config, **options))
@@ -207,9 +282,12 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
                              + (f" (temporaries {needs.group(1)}G)" if needs else "")) from None
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis() or {}
-    return read_compiled(c, config, device, chips, tuple(mesh.devices.shape), options["attention_impl"], seconds,
+    plan = read_compiled(c, config, device, chips, tuple(mesh.devices.shape), options["attention_impl"], seconds,
                          memory_stats(compiled.memory_analysis()), compiled.as_text(),
-                         cost[0] if isinstance(cost, list) else cost)
+                         cost[0] if isinstance(cost, list) else cost,
+                         hosts=[d.process_index for d in mesh.devices.flat], capacity=capacity)
+    plan.dropped_spec_fields = tuple(dropped)
+    return plan
 
 
 def memory_stats(stats) -> dict[str, int]:
@@ -220,23 +298,36 @@ def memory_stats(stats) -> dict[str, int]:
 
 
 def read_compiled(c, config: ModelConfig, device: str, chips: int, mesh_shape: tuple[int, ...], kernel: str,
-                  compile_seconds: float, memory: dict[str, int], hlo_text: str, cost: dict) -> CompiledPlan:
+                  compile_seconds: float, memory: dict[str, int], hlo_text: str, cost: dict,
+                  hosts: list[int] | None = None, capacity: int | None = None) -> CompiledPlan:
     """What a train step compiled for (device, chips) says of itself: its memory analysis,
     optimized HLO text and cost_analysis(), read as plan --compile reports them. The step may
-    be another framework's (bench maxtext) when c and config describe the same model and batch."""
+    be another framework's (bench maxtext) when c and config describe the same model and batch.
+    hosts: the host (process index) of each device in the executable's order, for telling
+    collectives between hosts apart; capacity: bytes per device the step may use."""
     comps = hlo_stats.parse(hlo_text)
     times = hlo_stats.multiplicities(comps)
     analytic = analytic_step_flops(c, config, kernel)
+    calls = hlo_stats.custom_calls(comps, times)
     kernel_flops = 0.0
-    if kernel == "splash" and hlo_stats.custom_calls(comps, times).get("tpu_custom_call"):
+    if kernel == "splash" and calls.get("tpu_custom_call"):
         # The scores and values matmuls (forward, backward, recomputation) run inside Mosaic.
         kernel_flops = attention_flops(analytic) / chips
-    return CompiledPlan(device, tpu.topology_name(device, chips), chips, mesh_shape, kernel, compile_seconds,
-                        memory, tpu.CHIPS[device].hbm_bytes, hlo_stats.collectives(comps, chips, times),
+    cudnn_calls = sum(n for target, n in calls.items() if target.startswith("__cudnn$fmha"))
+    if kernel == "cudnn" and cudnn_calls:  # the same, inside cuDNN's fused attention
+        kernel_flops = attention_flops(analytic) / chips
+    if device in GPUS:
+        topology = gpu.topology_name(device, chips)
+        capacity = capacity if capacity is not None else int(GPUS[device].memory_bytes * gpu.memory_fraction())
+    else:
+        topology = tpu.topology_name(device, chips)
+        capacity = capacity if capacity is not None else tpu.CHIPS[device].memory_bytes
+    return CompiledPlan(device, topology, chips, mesh_shape, kernel, compile_seconds,
+                        memory, capacity, hlo_stats.collectives(comps, chips, times, hosts),
                         hlo_stats.matmul_flops(comps, times), kernel_flops, analytic,
                         c.batch_size * c.seq_len * (2 if c.task == "dpo" else 1),
                         {k: float(v) for k, v in cost.items() if k in ("flops", "optimal_seconds", "bytes accessed")},
-                        hlo_stats.estimated_cycles(comps, times))
+                        hlo_stats.estimated_cycles(comps, times), cudnn_calls)
 
 
 # ---- --search: candidate settings for a slice, compiled and ranked -------------------------
@@ -295,12 +386,12 @@ def search_candidates(c, config: ModelConfig, device: str, chips: int) -> list[C
 
 
 def search(c, config: ModelConfig, device: str, chips: int, limit: int, trainable: dict | None = None,
-           progress=print) -> list[Candidate]:
+           progress=print, gpu_spec: str | None = None) -> list[Candidate]:
     """Compiles up to `limit` candidates in search_candidates' order; returns those compiled."""
     compiled = []
     for cand in search_candidates(c, config, device, chips)[:limit]:
         try:
-            cand.compiled = compile_plan(with_overrides(c, cand.overrides), config, device, chips, trainable)
+            cand.compiled = compile_plan(with_overrides(c, cand.overrides), config, device, chips, trainable, gpu_spec)
         except DoesNotFit as e:
             cand.refused = str(e)
             progress(f"  {cand.flags()}: {e}", flush=True)

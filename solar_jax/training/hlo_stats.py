@@ -160,6 +160,45 @@ def multiplicities(comps: dict[str, Computation]) -> dict[str, int]:
     return dict(counts)
 
 
+def _iota(text: str) -> np.ndarray:
+    """'[2,8]T(1,0)' -> arange(16).reshape(2, 8).transpose(1, 0), flattened."""
+    m = re.fullmatch(r"\[([\d,]+)\](?:T\(([\d,]+)\))?", text)
+    shape = [int(d) for d in m.group(1).split(",")]
+    ids = np.arange(math.prod(shape)).reshape(shape)
+    if m.group(2):
+        ids = ids.transpose([int(p) for p in m.group(2).split(",")])
+    return ids.reshape(-1)
+
+
+def replica_groups(attributes: str, num_devices: int) -> list[list[int]]:
+    """The device groups of a collective (ids in the executable's device order), from any of
+    the forms XLA prints: {{0,1},{2,3}}; iota [G,S]<=[dims]T(perm); mesh['a'=2,'b'=4] {'b'};
+    source_target_pairs={{0,1},...} (pairs); none (all devices, one group)."""
+    explicit = re.search(r"replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}", attributes)
+    if explicit:
+        return [[int(d) for d in g.split(",") if d] for g in re.findall(r"\{([\d,]*)\}", explicit.group(1))]
+    iota = re.search(r"replica_groups=\[([\d,]+)\]<=(\[[\d,]+\](?:T\([\d,]+\))?)", attributes)
+    if iota:
+        return _iota(iota.group(2)).reshape(-1, int(iota.group(1).split(",")[-1])).tolist()
+    mesh = re.search(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\((\[[\d,]+\](?:T\([\d,]+\))?|[\d,]+)\))? "
+                     r"\{([^}]*)\}", attributes)
+    if mesh:
+        sizes = [(a, int(n)) for a, n in re.findall(r"'([^']+)'=(\d+)", mesh.group(1))]
+        grouped = re.findall(r"'([^']+)'", mesh.group(3))
+        names = [a for a, _ in sizes]
+        count = math.prod(n for _, n in sizes)
+        # The mesh's devices in order: an iota [dims]T(perm) flattened, a list, or 0..n-1.
+        ids = _iota(mesh.group(2)) if mesh.group(2) and mesh.group(2).startswith("[") else \
+            np.array([int(d) for d in mesh.group(2).split(",")]) if mesh.group(2) else np.arange(count)
+        ids = ids.reshape([n for _, n in sizes])
+        order = [names.index(a) for a in names if a not in grouped] + [names.index(a) for a in grouped]
+        return ids.transpose(order).reshape(-1, math.prod(n for a, n in sizes if a in grouped)).tolist()
+    pairs = re.search(r"source_target_pairs=\{(.*?)\}\}", attributes)
+    if pairs:
+        return [[int(d) for d in p.split(",")] for p in re.findall(r"\{?(\d+,\d+)", pairs.group(1))]
+    return [list(range(num_devices))]
+
+
 def _group_size(attributes: str, num_devices: int) -> int:
     """Devices in one replica group of a collective."""
     groups = re.search(r"replica_groups=\{\{([^}]*)\}", attributes)
@@ -185,10 +224,11 @@ class Collective:
     count: int = 0  # executions per step
     bytes: int = 0  # per device per step: the full (unsharded) array each execution moves
     wire_bytes: float = 0.0  # what one device sends per step with ring algorithms
+    cross_host_wire_bytes: float = 0.0  # the part of wire_bytes whose groups span hosts
 
 
 def collectives(comps: dict[str, Computation], num_devices: int,
-                times: dict[str, int] | None = None) -> dict[str, Collective]:
+                times: dict[str, int] | None = None, hosts: list[int] | None = None) -> dict[str, Collective]:
     """Per kind: executions, bytes (all-gather: its output, reduce-scatter: its input,
     others: their operand) and wire bytes per device ((g - 1) / g of that, twice for
     all-reduce, g the group size) per step. XLA on TPU writes a reduce-scatter as an
@@ -196,9 +236,12 @@ def collectives(comps: dict[str, Computation], num_devices: int,
     Its async collective fusions clone a collective into several computations (start,
     continuation, done) that share a channel_id and a chain_id: each chain is counted once.
     A channel_id alone does not tell collectives apart: when XLA unrolls a loop, the copies of
-    a collective keep its channel_id. times: multiplicities(comps), when the caller has it."""
+    a collective keep its channel_id. times: multiplicities(comps), when the caller has it.
+    hosts: the host of each device id (GPU hosts): a collective whose groups hold devices of
+    two hosts counts its wire bytes in cross_host_wire_bytes too."""
     times = times if times is not None else multiplicities(comps)
-    seen: dict[str, tuple[str, int, int, float]] = {}  # channel (or instruction) -> kind, times, bytes, wire
+    # channel (or instruction) -> kind, times, bytes, wire, whether its groups span hosts
+    seen: dict[str, tuple[str, int, int, float, bool]] = {}
     for comp in comps.values():
         n = times.get(comp.name, 0)
         if not n:
@@ -219,15 +262,18 @@ def collectives(comps: dict[str, Computation], num_devices: int,
             channel = re.search(r"channel_id=(\d+)", inst.attributes)
             key = (f"channel {channel.group(1) if channel else '-'} chain {chain.group(1)}" if chain
                    else f"{comp.name}/{inst.name}")
+            across = hosts is not None and any(len({hosts[d] for d in group if d < len(hosts)}) > 1
+                                               for group in replica_groups(inst.attributes, num_devices))
             if key not in seen or seen[key][1] < n:
-                seen[key] = (op, n, size, wire)
+                seen[key] = (op, n, size, wire, across)
     out: dict[str, Collective] = {}
-    for op, n, size, wire in seen.values():
+    for op, n, size, wire, across in seen.values():
         entry = out.setdefault(op, Collective(op))
         entry.ops += 1
         entry.count += n
         entry.bytes += n * size
         entry.wire_bytes += n * wire
+        entry.cross_host_wire_bytes += n * wire if across else 0.0
     return out
 
 

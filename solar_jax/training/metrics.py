@@ -9,22 +9,17 @@ from typing import Any
 
 import jax
 
+from solar_jax.hardware.chips import CHIPS, chip_for_device_kind
 from solar_jax.models.config import ModelConfig
 
-# Peak dense bf16 FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
-PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12, "NVIDIA GH200": 989e12, "NVIDIA B200": 2250e12,
-}
+# Peak dense bf16 FLOP/s by jax's device_kind prefix, for MFU (the chip table's). CPUs have no
+# entry: MFU is not reported there.
+PEAK_FLOPS = {kind: chip.peak_flops for chip in CHIPS.values() for kind in chip.device_kinds}
 
 
 def device_peak_flops(device: Any = None) -> float | None:
-    kind = (device or jax.devices()[0]).device_kind
-    for prefix, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(prefix):
-            return flops
-    return None
+    chip = chip_for_device_kind((device or jax.devices()[0]).device_kind)
+    return chip.peak_flops if chip else None
 
 
 def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:

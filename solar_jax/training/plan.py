@@ -20,6 +20,8 @@ import os
 import re
 
 from solar_jax.errors import SolarError
+from solar_jax.hardware import gpu
+from solar_jax.hardware.chips import CHIPS
 from solar_jax.models.config import ModelConfig
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
@@ -30,11 +32,8 @@ from solar_jax.weights import hf
 
 GiB = 2**30
 
-# Memory per device (bytes) and the number of devices in a slice name's unit.
-DEVICE_MEMORY = {
-    "tpu-v4": 32 * GiB, "tpu-v5e": 16 * GiB, "tpu-v5p": 95 * GiB, "tpu-v6e": 32 * GiB,
-    "h100": 80 * GiB, "h200": 141 * GiB, "a100": 80 * GiB,
-}
+# Memory per device (bytes), from the chip table.
+DEVICE_MEMORY = {name: chip.memory_bytes for name, chip in CHIPS.items()}
 # Slice names: v4-N and v5p-N count TensorCores (2 per chip); v5litepod-N / v6e-N count chips.
 _SLICE = re.compile(r"^(v4|v5p|v5e|v5litepod|v6e)-(\d+)$")
 _CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v5litepod": 1, "v6e": 1}
@@ -132,8 +131,14 @@ class _MeshShape:
 
 
 def parse_device(name: str, num_devices: int = 0) -> tuple[str, int]:
-    """'v5p-128' -> ('tpu-v5p', 64 chips); 'h100' with num_devices -> ('h100', n); 'cpu'."""
+    """'v5p-128' -> ('tpu-v5p', 64 chips); 'h100x16' -> ('h100', 16); 'h100' with num_devices
+    -> ('h100', n); 'cpu'."""
     name = name.lower()
+    named = gpu.parse_name(name)
+    if named:
+        if num_devices and num_devices != named[1]:
+            raise SolarError(f"--num_devices={num_devices} contradicts {name} ({named[1]} GPUs)")
+        return named
     m = _SLICE.match(name)
     if m:
         gen, cores = m.group(1), int(m.group(2))
@@ -143,13 +148,15 @@ def parse_device(name: str, num_devices: int = 0) -> tuple[str, int]:
         return _SLICE_DEVICE[gen], chips
     if name in DEVICE_MEMORY or name == "cpu":
         return name, num_devices or 1
-    known = ", ".join([*DEVICE_MEMORY, "cpu", "or a TPU slice like v5p-128"])
+    known = ", ".join([*DEVICE_MEMORY, "cpu", "GPUs like h100x16", "or a TPU slice like v5p-128"])
     raise SolarError(f"unknown device {name!r}; known: {known}")
 
 
 def device_capacity(device: str, num_local_devices: int = 1) -> int:
     if device == "cpu":  # host RAM shared by the local (fake) devices
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(num_local_devices, 1)
+    if CHIPS[device].platform == "gpu":  # jax's allocator's share (hardware/gpu.py)
+        return int(DEVICE_MEMORY[device] * gpu.memory_fraction())
     return DEVICE_MEMORY[device]
 
 
@@ -227,7 +234,7 @@ def plan(c, config: ModelConfig, device: str = "cpu", num_devices: int = 1, num_
     per["gradients"] = grads
 
     platform = "tpu" if device.startswith("tpu") else "cpu" if device == "cpu" else "gpu"
-    flash = attention.resolve(c.attention_impl, platform) in attention.FLASH_IMPLS
+    flash = attention.resolve(c.attention_impl, platform, c.dtype) in attention.FLASH_IMPLS
     per["activations"] = max(activation_bytes(c, config, mesh_shape, grads, flash, device) - grads, 0)
     if c.task == "dpo" and c.dpo.reference == "frozen":
         per["reference"] = per["params"]  # the frozen copy of the initial params

@@ -31,7 +31,7 @@ def model_options(c, mesh) -> dict[str, str]:
     """The model's run options for config c on mesh: the attention kernel resolved for the
     mesh's devices (a TPU slice compiled from a CPU host gets splash, not the host's kernel)."""
     platform = mesh.devices.flat[0].platform
-    return dict(dtype=c.dtype, remat=c.remat, attention_impl=attention.resolve(c.attention_impl, platform),
+    return dict(dtype=c.dtype, remat=c.remat, attention_impl=attention.resolve(c.attention_impl, platform, c.dtype),
                 scan_unroll=c.scan_unroll, logits_dtype=c.logits_dtype)
 
 

@@ -9,7 +9,6 @@ devices, which are not there.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 
@@ -21,32 +20,11 @@ except ImportError:
     hardware_utils = None
 
 from solar_jax.errors import SolarError
+from solar_jax.hardware.chips import TPUS
 
-GB = 1e9
+# The TPU chips' figures (peak FLOP/s, HBM, ICI) live in the one chip table.
+CHIPS = TPUS
 
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    """Public per-chip figures (Cloud TPU system architecture pages, docs.cloud.google.com/tpu/docs/
-    v4, v5e, v5p-training, v6e): bf16 peak, HBM bytes and bandwidth, bidirectional ICI bandwidth."""
-
-    name: str
-    topology_prefix: str  # as jax.experimental.topologies names it: v5p:4x4x4
-    peak_flops: float  # dense bf16 FLOP/s
-    hbm_bytes: int
-    hbm_bandwidth: float  # bytes/s
-    ici_bandwidth: float  # bytes/s, bidirectional, all links of one chip
-    dims: int  # torus dimensions of the slice (3 for v4/v5p, 2 for v5e/v6e)
-
-
-CHIPS = {
-    # v4: 275 TFLOP/s, 32 GiB at 1200 GB/s; ICI 2400 Gbps per direction (the same relation of the
-    # Gbps figure to the bidirectional GB/s one as on the v5e and v5p pages gives 600 GB/s).
-    "tpu-v4": Chip("tpu-v4", "v4", 275e12, 32 * 2**30, 1200 * GB, 600 * GB, 3),
-    "tpu-v5e": Chip("tpu-v5e", "v5e", 197e12, 16 * 2**30, 819 * GB, 400 * GB, 2),
-    "tpu-v5p": Chip("tpu-v5p", "v5p", 459e12, 95 * 2**30, 2765 * GB, 1200 * GB, 3),
-    "tpu-v6e": Chip("tpu-v6e", "v6e", 918e12, 32 * 2**30, 1638 * GB, 800 * GB, 2),
-}
 
 # Chips -> the slice's torus shape, as Cloud TPU lays the common slices out.
 _SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
