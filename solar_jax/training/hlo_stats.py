@@ -278,12 +278,14 @@ def collectives(comps: dict[str, Computation], num_devices: int,
 
 
 def _result_shape(inst: Instruction) -> str:
-    """An async collective's start returns (operand, result, ...): its result part."""
+    """An async collective's start returns (operands, results, ...): its results part. With n
+    operands XLA writes ((operand 1..n), (result 1..n)) (GPU, combined collectives) or
+    (operand, result, u32[], u32[]) (TPU): the arrays n to 2n."""
     if inst.shape.startswith("(") and inst.opcode.endswith("-start"):
         arrays = _ARRAY.findall(inst.shape)
-        if len(arrays) >= 2:
-            dtype, d = arrays[1]
-            return f"{dtype}[{d}]"
+        n = max(len(inst.operands), 1)
+        if len(arrays) >= 2 * n:
+            return " ".join(f"{dtype}[{d}]" for dtype, d in arrays[n:2 * n])
     return inst.shape
 
 

@@ -14,10 +14,12 @@ from solar_jax.errors import SolarError
 
 
 def global_norm(tree) -> jax.Array:
-    """sqrt(sum of squares) over a tree. Per-leaf vdot: on XLA CPU it is 1.25x faster than
-    optax.tree.norm's reduction and accurate to float64 (1e-9 relative here vs 5e-6)."""
-    leaves = [x.reshape(-1) for x in jax.tree.leaves(tree)]
-    return jnp.sqrt(sum(jnp.vdot(x, x).astype(jnp.float32) for x in leaves))
+    """sqrt(sum of squares) over a tree. Per leaf a dot over all its axes: on XLA CPU it is
+    1.25x faster than optax.tree.norm's reduction and accurate to float64 (1e-9 relative here
+    vs 5e-6). Not vdot of the flattened leaf: flattening an array split on a minor axis makes
+    XLA gather it whole first (XLA on GPU did: every float32 weight of a 10.7B step, ~40 GiB
+    per GPU); contracting every axis in place keeps each shard's partial sum local."""
+    return jnp.sqrt(sum(jnp.tensordot(x, x, axes=x.ndim).astype(jnp.float32) for x in jax.tree.leaves(tree)))
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
