@@ -40,8 +40,8 @@ def get_config(arg=None):
         c.batch_size = 16
         c.pairs = 2  # back-to-back solar_jax / lm-eval pairs
     if arg == "plan_tpu":
-        c.devices = "v5p-8,v5litepod-4"  # the slices the sample steps are compiled for (4 chips each)
-        c.fit = False  # also refit and print TPU_ACTIVATION_COEFFICIENTS and TPU_GENERATION_FACTOR
+        c.devices = "v5p-8,v5litepod-4"  # the slices (or GPU hosts: h100x4) the sample steps are compiled for
+        c.fit = False  # also refit and print the platform's table (TPU_... or GPU_ACTIVATION_COEFFICIENTS)
     if arg == "tpu":
         c.slices = "v5p-128,v4-128,v5e-256,v6e-256"
         c.tasks = "cpt,sft,dpo"

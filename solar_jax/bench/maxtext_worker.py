@@ -7,6 +7,12 @@ train_compile exactly, and saves what the compiled executable says of itself for
 solar_jax/bench/vs_maxtext.py to read with solar_jax's own code: OUT_DIR/step.hlo.txt (the
 optimized HLO), OUT_DIR/step.json (memory analysis, cost_analysis, compile seconds). It
 never imports solar_jax, whose jax may not be MaxText's.
+
+GPUs: MaxText's train_compile takes GPU targets ("a3") only with the GPUs attached (it uses
+jax.devices()). With SOLAR_JAX_GPU_TARGET (a file holding a text GpuTargetConfigProto) and
+SOLAR_JAX_GPU_TOPOLOGY ("1x1x8": slices x hosts x GPUs) set, its get_topology_mesh takes the
+GPUs from XLA's deviceless GPU compiler instead, as solar_jax's plan --compile does; the rest
+of train_compile (its mesh from the devices, its shardings, its step) is MaxText's own.
 """
 
 from __future__ import annotations
@@ -22,6 +28,24 @@ sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
 
 from absl import app  # noqa: E402
 from maxtext.trainers.pre_train import train_compile  # noqa: E402
+
+
+def _deviceless_gpu_mesh(config):
+    """train_compile.get_topology_mesh for GPUs described, not attached."""
+    import jax
+    from jax.experimental.topologies import get_topology_desc
+    from jax.sharding import AxisType, Mesh
+    from maxtext.common.common_types import ShardMode
+    from maxtext.utils import maxtext_utils
+
+    with open(os.environ["SOLAR_JAX_GPU_TARGET"]) as f:
+        target = f.read()
+    devices = get_topology_desc(platform="cuda", target_config=target,
+                                topology=os.environ["SOLAR_JAX_GPU_TOPOLOGY"]).devices
+    jax.config.update("jax_remove_size_one_mesh_axis_from_type", config.remove_size_one_mesh_axis_from_type)
+    grid = maxtext_utils.create_device_mesh(config, devices)
+    axis_type = AxisType.Explicit if config.shard_mode == ShardMode.EXPLICIT else AxisType.Auto
+    return Mesh(grid, config.mesh_axes, axis_types=(axis_type,) * len(config.mesh_axes))
 
 
 def main(out_dir: str, overrides: list[str]) -> None:
@@ -47,6 +71,8 @@ def main(out_dir: str, overrides: list[str]) -> None:
         return compiled
 
     train_compile.jit_and_compile = saving
+    if os.environ.get("SOLAR_JAX_GPU_TARGET"):
+        train_compile.get_topology_mesh = _deviceless_gpu_mesh
     app.run(train_compile.main, argv=["train_compile", os.path.normpath(base), *overrides])
 
 

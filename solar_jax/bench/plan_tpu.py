@@ -1,8 +1,10 @@
-"""The fast planner against libtpu's compiled memory of the real train step (plan --compile's
-path) on TPU slices, without a TPU: per sample step, the compiled peak per chip and the
-planner's total. fit=True also refits plan.TPU_ACTIVATION_COEFFICIENTS and
-plan.TPU_GENERATION_FACTOR to these compiles and to the 10.7B compiles recorded in
-docs/results (BIG_STEPS; compiling those again takes ~2 min each) and prints both tables.
+"""The fast planner against the compiled memory of the real train step (plan --compile's
+path) on TPU slices (libtpu) or GPU hosts (XLA's GPU compiler), with neither attached: per
+sample step, the compiled peak per device and the planner's total. fit=True also refits the
+planner's table for that platform (plan.TPU_ACTIVATION_COEFFICIENTS and
+plan.TPU_GENERATION_FACTOR, or plan.GPU_ACTIVATION_COEFFICIENTS and plan.GPU_FACTOR) to
+these compiles and to the 10.7B compiles recorded in docs/results (BIG_STEPS, GPU_BIG_STEPS;
+on TPU compiling those again takes ~2 min each) and prints both tables.
 
 The samples are sized so that HBM holds the working set (0.6-10 GiB per chip): below ~1 GiB
 libtpu keeps buffers in on-chip memory, by generation (the same 3-layer step at 8 x 512:
@@ -18,6 +20,8 @@ from scipy.optimize import lsq_linear
 
 from solar_jax.bench.tpu import task_config
 from solar_jax.cli import split_list
+from solar_jax.errors import SolarError
+from solar_jax.hardware.chips import CHIPS
 from solar_jax.models.config import ModelConfig
 from solar_jax.training import compiled_plan, plan
 from solar_jax.training.run_config import base_config, validate
@@ -55,6 +59,30 @@ BIG_STEPS = (
     ("cpt", "v6e-256", "remat=full,grad_accum_steps=1", 13.1),
     ("cpt", "v6e-256", "remat=full,grad_accum_steps=1,mesh.data=2,mesh.fsdp=128", 14.1),
 )
+# The same on GPU hosts, from plan --search on 2026-12-05 (docs/results/gpu-2026-12-05/):
+# compiled peak GiB per GPU. On GPU remat dots and dots_no_batch compile alike (cuDNN's
+# attention has no batched dot to save).
+GPU_BIG_STEPS = (
+    ("cpt", "h100x8", "remat=full,grad_accum_steps=8", 65.2),
+    ("cpt", "h100x8", "remat=full,grad_accum_steps=16", 46.9),
+    ("cpt", "h100x8", "mesh.data=2,mesh.fsdp=4,remat=full,grad_accum_steps=16", 76.3),
+    ("cpt", "h100x8", "mesh.fsdp=4,mesh.tensor=2,remat=full,grad_accum_steps=16", 60.8),
+    ("sft", "h100x8", "remat=full,grad_accum_steps=8", 37.6),
+    ("sft", "h100x8", "remat=dots_no_batch,grad_accum_steps=8", 93.3),
+    ("sft", "h100x8", "mesh.fsdp=4,mesh.tensor=2,remat=dots_no_batch,grad_accum_steps=8", 105.6),
+    ("sft", "h100x8", "mesh.data=2,mesh.fsdp=4,remat=full,grad_accum_steps=8", 66.4),
+    ("cpt", "h100x16", "mesh.fsdp=16,remat=full,grad_accum_steps=8", 32.9),
+    ("cpt", "h100x16", "mesh.data=2,mesh.fsdp=8,remat=full,grad_accum_steps=4", 65.2),
+    ("cpt", "h100x16", "mesh.fsdp=16,remat=dots_no_batch,grad_accum_steps=16", 80.1),
+    ("cpt", "h100x16", "mesh.fsdp=4,mesh.tensor=4,remat=full,grad_accum_steps=8", 73.9),
+    ("dpo", "h100x16", "mesh.fsdp=16,remat=full,grad_accum_steps=1", 52.4),
+    ("cpt", "a100x8", "remat=full,grad_accum_steps=16", 46.2),
+    ("sft", "a100x8", "remat=dots_no_batch,grad_accum_steps=8", 93.8),
+    ("cpt", "b200x8", "remat=full,grad_accum_steps=4", 101.2),
+    ("sft", "b200x8", "remat=full,grad_accum_steps=1", 104.5),
+)
+# The device whose factor is 1 in a fitted table.
+BASE_DEVICE = {"tpu": "tpu-v5p", "gpu": "h100"}
 
 
 @dataclasses.dataclass
@@ -84,9 +112,9 @@ def small_runs():
             yield f"{name} {b}x{t}", MODELS[name], c
 
 
-def big_samples() -> list[Sample]:
+def big_samples(platform: str = "tpu") -> list[Sample]:
     out = []
-    for task, name, overrides, peak_gib in BIG_STEPS:
+    for task, name, overrides, peak_gib in (GPU_BIG_STEPS if platform == "gpu" else BIG_STEPS):
         run = task_config(task, overrides)
         device, chips = plan.parse_device(name)
         validate(run, chips)
@@ -95,9 +123,10 @@ def big_samples() -> list[Sample]:
     return out
 
 
-def fit(samples: list[Sample], rounds: int = 30):
-    """Per remat policy, coefficients of plan's terms; per TPU generation, one factor on them
-    (v5p = 1): alternating bounded least squares on the relative error of the total."""
+def fit(samples: list[Sample], rounds: int = 30, base_device: str = "tpu-v5p"):
+    """Per remat policy, coefficients of plan's terms; per TPU generation (or GPU), one factor
+    on them (base_device = 1): alternating bounded least squares on the relative error of
+    the total."""
     names = list(samples[0].terms)
     factor = {s.device: 1.0 for s in samples}
     table = {}
@@ -117,7 +146,7 @@ def fit(samples: list[Sample], rounds: int = 30):
             act = np.array([sum(table[s.remat][k] * s.terms[k] for k in names) / s.compiled for s in picked])
             rest = np.array([1 - s.state / s.compiled for s in picked])
             factor[device] = float(act @ rest / (act @ act))
-        base = factor.get("tpu-v5p", 1.0)
+        base = factor.get(base_device, 1.0)
         factor = {k: v / base for k, v in factor.items()}
     return table, factor
 
@@ -129,6 +158,10 @@ def predicted(s: Sample, table, factor) -> float:
 def main(c) -> None:
     compiled_plan.without_persistent_cache()
     slices = {name: plan.parse_device(name) for name in split_list(c.devices)}  # bad names: one line, before output
+    platforms = {CHIPS[device].platform if device in CHIPS else "cpu" for device, _ in slices.values()}
+    if len(platforms) != 1 or platforms & {"cpu"}:
+        raise SolarError(f"--config.devices: TPU slices or GPU hosts, one platform at a time; got {c.devices}")
+    platform = platforms.pop()
     samples = []
     print(f"{'step':26s} {'slice':12s} {'remat':14s} {'compiled MiB':>13s} {'planner MiB':>12s}  error", flush=True)
     for name_slice, (device, chips) in slices.items():
@@ -141,13 +174,15 @@ def main(c) -> None:
     worst = max(abs(s.planned / s.compiled - 1) for s in samples)
     print(f"largest relative error of the planner's total against the compiled peak: {worst:.1%}")
     if c.fit:
-        big = big_samples()
-        table, factor = fit(samples + big)
+        big = big_samples(platform)
+        table, factor = fit(samples + big, base_device=BASE_DEVICE[platform])
         errors = [predicted(s, table, factor) / s.compiled - 1 for s in samples + big]
         print(f"refitted on these {len(samples)} steps and {len(big)} 10.7B steps: errors {min(errors):+.1%} to "
               f"{max(errors):+.1%}")
-        print("TPU_ACTIVATION_COEFFICIENTS = {")
+        prefix = platform.upper()
+        print(f"{prefix}_ACTIVATION_COEFFICIENTS = {{")
         for remat, coef in table.items():
             print(f"    {remat!r}: {{{', '.join(f'{k!r}: {v:.3f}' for k, v in coef.items() if k not in ('s', 's1'))}}},")
         print("}")
-        print("TPU_GENERATION_FACTOR = {" + ", ".join(f"{k!r}: {v:.3f}" for k, v in sorted(factor.items())) + "}")
+        name = "TPU_GENERATION_FACTOR" if platform == "tpu" else "GPU_FACTOR"
+        print(f"{name} = {{" + ", ".join(f"{k!r}: {v:.3f}" for k, v in sorted(factor.items())) + "}")

@@ -12,6 +12,13 @@ the same jax[tpu] as solar_jax (maxtext_python), through maxtext_worker.py, whic
 solar_jax. It is compiled with its own libtpu flags and with solar_jax's (tpu.LIBTPU_FLAGS),
 so that a difference the flags make is not taken for one the model code makes. A 48-layer
 compile takes 1-6 min on 2 cores (unrolled: the longest).
+
+GPU hosts (slice=h100x8, ...): both steps compiled by XLA's GPU compiler with no GPU attached
+(the gpu-compile extra on both sides), cuDNN fused attention on both (MaxText's
+cudnn_flash_jax, jax.nn.dot_product_attention's cuDNN path as solar_jax's cudnn), MaxText's
+mesh from its own create_device_mesh over the same deviceless GPUs (maxtext_worker.py); the
+step estimate is plan --compile's GPU one (FLOPs at an assumed fraction of peak, collectives
+over NVLink and the NICs).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any
 from solar_jax.bench.tpu import task_config
 from solar_jax.cli import split_list
 from solar_jax.errors import SolarError
+from solar_jax.hardware import gpu
+from solar_jax.hardware.chips import CHIPS, GPUS
 from solar_jax.models.config import ModelConfig
 from solar_jax.training import compiled_plan, plan, tpu
 from solar_jax.training.state import resolve_model
@@ -56,7 +65,12 @@ def check(c) -> tuple[str, int]:
     if c.rows_per_chip <= 0 or c.seq_len <= 0 or c.layers < 0:
         raise SolarError("--config.rows_per_chip and --config.seq_len must be positive, --config.layers >= 0")
     device, chips = plan.parse_device(c.slice)
-    tpu.check_can_compile(device, chips)
+    if device in GPUS:
+        gpu.check_can_compile(device, chips)
+        if split_list(c.maxtext_flags) != ["own"]:
+            raise SolarError("--config.maxtext_flags: libtpu flags mean nothing on GPUs; use own")
+    else:
+        tpu.check_can_compile(device, chips)
     return device, chips
 
 
@@ -69,9 +83,14 @@ def run_config(c, chips: int, unrolled: bool) -> tuple[Any, ModelConfig]:
         config = dataclasses.replace(config, num_layers=c.layers)
     run = compiled_plan.with_overrides(run, {
         "batch_size": c.rows_per_chip * chips, "seq_len": c.seq_len, "remat": c.remat, "grad_accum_steps": 1,
-        "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, "attention_impl": "splash", "logits_dtype": c.logits_dtype,
+        "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, "attention_impl": _kernel(c), "dtype": "bfloat16",
+        "logits_dtype": c.logits_dtype,
         "scan_unroll": config.num_layers if unrolled else 1})
     return run, config
+
+
+def _kernel(c) -> str:
+    return "cudnn" if plan.parse_device(c.slice)[0] in GPUS else "splash"
 
 
 def maxtext_env(flags: str) -> dict[str, str]:
@@ -87,30 +106,41 @@ def maxtext_env(flags: str) -> dict[str, str]:
 
 def compile_maxtext(c, run, config, device: str, chips: int, unrolled: bool, flags: str):
     """MaxText's step compiled by maxtext_worker.py, read as plan --compile reads ours."""
-    # MaxText names slices as solar_jax does, but v5e's as v5e-N
-    overrides = [f"compile_topology={c.slice.lower().replace('v5litepod', 'v5e')}",
+    on_gpu = device in GPUS
+    # MaxText names slices as solar_jax does, but v5e's as v5e-N; GPU hosts of 8 H100s "a3"
+    # (its only GPU target; the GPUs themselves come from the deviceless compiler, below)
+    topology = "a3" if on_gpu else c.slice.lower().replace("v5litepod", "v5e")
+    overrides = [f"compile_topology={topology}",
                  "compile_topology_num_slices=1", "model_name=mistral-7b", "override_model_config=True",
                  f"base_num_decoder_layers={config.num_layers}", f"per_device_batch_size={c.rows_per_chip}",
-                 f"max_target_length={c.seq_len}", f"remat_policy={REMAT[c.remat]}", "attention=flash",
+                 f"max_target_length={c.seq_len}", f"remat_policy={REMAT[c.remat]}",
+                 f"attention={'cudnn_flash_jax' if on_gpu else 'flash'}",
                  f"scan_layers={not unrolled}", "dataset_type=synthetic", "enable_checkpointing=False"]
+    if on_gpu:
+        overrides.append("hardware=gpu")
     env = maxtext_env(flags)
     env["PYTHONPATH"] = str(Path(c.maxtext_dir) / "src")
     with tempfile.TemporaryDirectory() as out:
+        if on_gpu:
+            Path(out, "target.txtpb").write_text(gpu.target_config(GPUS[device]))
+            env.update(SOLAR_JAX_GPU_TARGET=str(Path(out, "target.txtpb")), JAX_PLATFORMS="cpu",
+                       SOLAR_JAX_GPU_TOPOLOGY=gpu.topology_name(device, chips), JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
         r = subprocess.run([c.maxtext_python, str(WORKER), out, *overrides], env=env, capture_output=True, text=True)
         if r.returncode != 0 or not Path(out, "step.json").exists():
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
             raise SolarError(f"MaxText's train_compile failed ({' '.join(overrides)}): {last}")
         record = json.loads(Path(out, "step.json").read_text())
         text = Path(out, "step.hlo.txt").read_text()
-    return compiled_plan.read_compiled(run, config, device, chips, (1, chips, 1), "splash",
-                                       record["compile_seconds"], record["memory"], text, record["cost"])
+    hosts = [i // GPUS[device].gpus_per_host for i in range(chips)] if on_gpu else None
+    return compiled_plan.read_compiled(run, config, device, chips, (1, chips, 1), _kernel(c),
+                                       record["compile_seconds"], record["memory"], text, record["cost"], hosts=hosts)
 
 
 def row(side: str, loop: str, flags: str, p: compiled_plan.CompiledPlan) -> dict:
     e = p.estimate()
     gib = lambda kind: p.collectives[kind].bytes / GiB if kind in p.collectives else 0.0  # noqa: E731
     wire = sum(col.wire_bytes for col in p.collectives.values()) / GiB
-    cost_model = e["compute_seconds"] - p.kernel_flops / tpu.CHIPS[p.device].peak_flops
+    cost_model = e["compute_seconds"] - (p.kernel_flops / CHIPS[p.device].peak_flops if p.platform == "tpu" else 0.0)
     return dict(side=side, loop=loop, flags=flags, compile=p.compile_seconds, temp=p.memory["temporaries"] / GiB,
                 peak=p.peak_bytes / GiB, code=p.memory["code"] / GiB, ag=gib("all-gather"), rs=gib("reduce-scatter"),
                 ar=gib("all-reduce"), wire=wire, cost_model=cost_model, step=e["step_seconds"],
@@ -120,7 +150,8 @@ def row(side: str, loop: str, flags: str, p: compiled_plan.CompiledPlan) -> dict
 def main(c) -> None:
     device, chips = check(c)
     compiled_plan.without_persistent_cache()
-    tpu.compile_host_env(device)
+    if device not in GPUS:
+        tpu.compile_host_env(device)
     rows = []
     for loop in split_list(c.loops):
         unrolled = loop == "unrolled"
@@ -132,9 +163,9 @@ def main(c) -> None:
             print(_line(rows[-1]), flush=True)
     print()
     print(f"{c.slice}, Mistral-7B dims x {config.num_layers} layers, {c.rows_per_chip} x {c.seq_len} tokens per chip, "
-          f"remat {c.remat}, splash attention, fsdp {chips}, solar_jax's logits_dtype {c.logits_dtype} "
+          f"remat {c.remat}, {_kernel(c)} attention, fsdp {chips}, solar_jax's logits_dtype {c.logits_dtype} "
           "(MaxText's: compute); per chip:")
-    print(table(rows))
+    print(table(rows, device in GPUS))
 
 
 def _line(r: dict) -> str:
@@ -142,7 +173,7 @@ def _line(r: dict) -> str:
             f"{r['temp']:.2f} GiB, est. step {r['step']:.3f}s")
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], on_gpu: bool = False) -> str:
     lines = ["| side | layer loop | libtpu flags | temporaries GiB | peak GiB | code GiB | all-gather GiB | "
              "reduce-scatter GiB | all-reduce GiB | on the wire GiB | est. cost model s | est. step s | "
              "est. tokens/s/chip |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -160,6 +191,12 @@ def table(rows: list[dict]) -> str:
                          f"{ratio('temp')}, on the wire {ratio('wire')}, est. step {ratio('step', 4)} "
                          f"(cost model alone {ratio('cost_model', 4)})")
     lines.append("")
+    if on_gpu:
+        lines.append("Memory and collectives: XLA's memory analysis and optimized HLO, each collective as often as its "
+                     "loop runs. 'est.' columns: ESTIMATES, not measurements: all FLOPs at "
+                     f"{compiled_plan.GPU_EFFICIENCY:.0%} of the bf16 peak (XLA has no GPU cost model without a GPU), "
+                     "collectives over NVLink and the hosts' NICs.")
+        return "\n".join(lines)
     lines.append("Memory and collectives: XLA's memory analysis and optimized HLO, each collective as often as its loop "
                  "runs. 'est. cost model s': XLA's TPU cost model (optimal_seconds, scaled to every loop iteration); "
                  "'est. step s' adds the splash kernel's FLOPs at the chip's peak (the cost model does not see inside "

@@ -135,9 +135,10 @@ class CompiledPlan:
         return self.hlo_flops + self.kernel_flops
 
     def estimate(self) -> dict[str, float]:
-        """Seconds per step (see the module's docstring): on TPU by XLA's TPU cost model (optimal_seconds, which sees each loop body
-        once, scaled by the HLO FLOPs over the FLOPs it counted, plus the kernel's FLOPs at
-        peak), collectives over ICI, and what follows for tokens/s and MFU."""
+        """Seconds per step (the module's docstring): on TPU by XLA's TPU cost model
+        (optimal_seconds, which sees each loop body once, scaled by the HLO FLOPs over the
+        FLOPs it counted, plus the kernel's FLOPs at peak), collectives over ICI; on GPU from
+        assumptions; and what follows for tokens/s and MFU."""
         chip = CHIPS[self.device]
         if chip.platform == "gpu":
             return self._gpu_estimate(chip)
@@ -167,7 +168,8 @@ class CompiledPlan:
         step = max(compute, comm)
         model_flops = self.analytic["weights"] + self.analytic["attention"]
         return dict(cost_model=True, peak_seconds=at_peak, compute_seconds=compute, comm_seconds=comm,
-                    nvlink_seconds=nvlink, network_seconds=network, step_seconds=step, no_overlap_seconds=compute + comm,
+                    nvlink_seconds=nvlink, network_seconds=network, step_seconds=step,
+                    no_overlap_seconds=compute + comm,
                     tokens_per_second_per_chip=self.tokens_per_step / self.chips / step,
                     mfu=model_flops / self.chips / step / chip.peak_flops)
 
@@ -187,7 +189,8 @@ class CompiledPlan:
         for key in ("arguments", "temporaries", "outputs", "aliased", "code"):
             lines.append(f"  {key:12s} {m[key] / GiB:9.2f} GiB")
         verdict = "fits" if self.fits else "does NOT fit"
-        share = (f" (jax's allocator's {gpu.memory_fraction():.0%} of {self.capacity / gpu.memory_fraction() / GiB:.1f} GiB: "
+        fraction = gpu.memory_fraction()
+        share = (f" (jax's allocator's {fraction:.0%} of {self.capacity / fraction / GiB:.1f} GiB: "
                  f"XLA_PYTHON_CLIENT_MEM_FRACTION; the rest holds cuBLAS/cuDNN workspaces and NCCL buffers, which "
                  f"XLA does not count)" if self.platform == "gpu" else "")
         lines.append(f"  {'peak':12s} {self.peak_bytes / GiB:9.2f} GiB: {verdict} in {self.capacity / GiB:.1f} GiB "
@@ -196,7 +199,8 @@ class CompiledPlan:
             lines.append(f"  not counted: the workspace of {self.cudnn_calls} cuDNN attention calls per step (a "
                          f"deviceless compile sizes it at zero; cuDNN sets it on the GPU)")
         if self.dropped_spec_fields:
-            lines.append(f"  GPU spec fields this jax's XLA does not know, dropped: {', '.join(self.dropped_spec_fields)}")
+            lines.append(f"  GPU spec fields this jax's XLA does not know, dropped: "
+                         f"{', '.join(self.dropped_spec_fields)}")
         lines.append(f"collectives per {unit} per step:")
         if not self.collectives:
             lines.append("  none")
@@ -208,7 +212,8 @@ class CompiledPlan:
                 lines.append(f"  {kind:18s} {col.ops:4d} ops run {col.count:6d} times {col.bytes / GiB:9.3f} GiB "
                              f"(on the wire {col.wire_bytes / GiB:.3f} GiB{across})")
         analytic = sum(self.analytic.values()) / self.chips
-        lines.append(f"FLOPs per {unit} per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + attention "
+        lines.append(f"FLOPs per {unit} per step: {self.flops_per_chip:.4g} (HLO matmuls {self.hlo_flops:.4g} + "
+                     f"attention "
                      f"kernel {self.kernel_flops:.4g}); analytic {analytic:.4g} ({self.flops_per_chip / analytic:.3f}x); "
                      f"XLA cost_analysis counts loop bodies once: {self.xla_cost.get('flops', 0):.4g}")
         if self.cycles:
@@ -396,7 +401,8 @@ def search(c, config: ModelConfig, device: str, chips: int, limit: int, trainabl
             cand.refused = str(e)
             progress(f"  {cand.flags()}: {e}", flush=True)
         else:
-            progress(f"  compiled {cand.flags()}: {cand.compiled.peak_bytes / GiB:.2f} GiB per chip, "
+            unit = "GPU" if cand.compiled.platform == "gpu" else "chip"
+            progress(f"  compiled {cand.flags()}: {cand.compiled.peak_bytes / GiB:.2f} GiB per {unit}, "
                      f"estimated step {cand.compiled.estimate()['step_seconds']:.3f}s", flush=True)
         compiled.append(cand)
     return compiled

@@ -90,8 +90,27 @@ TPU_ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
 # One factor per TPU generation on the terms above (fitted with them): the same step keeps
 # 12-19% more on v4, v5e and v6e than on v5p.
 TPU_GENERATION_FACTOR = {"tpu-v4": 1.117, "tpu-v5e": 1.194, "tpu-v5p": 1.000, "tpu-v6e": 1.125}
-for _policy, _k in TPU_ACTIVATION_COEFFICIENTS.items():
-    _k.update(s=ACTIVATION_COEFFICIENTS[_policy]["s"], s1=ACTIVATION_COEFFICIENTS[_policy]["s1"])
+# The same model fitted to XLA's GPU compiler's memory (plan --compile's path on GPU hosts:
+# bf16 compute, cuDNN attention) on 2026-12-05, the same way: the 16 small steps of
+# `python -m solar_jax.bench --config=configs/bench.py:plan_tpu --config.devices=h100x4
+# --config.fit=True` and 17 SOLAR 10.7B steps on 8 and 16 H100s, 8 A100s and 8 B200s
+# (plan_tpu.GPU_BIG_STEPS, from docs/results/gpu-2026-12-05). Errors there: -6.8% to +6.6%
+# (the CPU table on the same steps: -24.7% to +22%). dots and dots_no_batch compile alike on
+# GPU (cuDNN's attention leaves no batched dot to save). One factor per GPU (h100 = 1).
+GPU_ACTIVATION_COEFFICIENTS: dict[str, dict[str, float]] = {
+    "none": {"d": 2.926, "f": 3.731, "q": 1.183, "v": 1.302, "g": 1.000, "one": 2.478, "layer": 0.000,
+             "embed": 0.000, "c0": 0.000},
+    "full": {"d": 1.000, "f": 0.000, "q": 0.000, "v": 1.137, "g": 1.041, "one": 0.929, "layer": 0.000,
+             "embed": 0.000, "c0": 64.000},
+    "dots": {"d": 2.631, "f": 2.406, "q": 1.228, "v": 1.204, "g": 1.000, "one": 0.669, "layer": 0.000,
+             "embed": 0.000, "c0": 0.000},
+    "dots_no_batch": {"d": 2.000, "f": 2.000, "q": 1.000, "v": 1.204, "g": 1.009, "one": 0.968, "layer": 0.000,
+                      "embed": 0.000, "c0": 0.000},
+}
+GPU_FACTOR = {"a100": 0.991, "b200": 0.917, "h100": 1.000, "h200": 1.000}  # h200: not fitted, as h100
+for _policy in ACTIVATION_COEFFICIENTS:  # no T x T probabilities with splash or cuDNN: the
+    for _table in (TPU_ACTIVATION_COEFFICIENTS, GPU_ACTIVATION_COEFFICIENTS):  # CPU table's, for xla
+        _table[_policy].update(s=ACTIVATION_COEFFICIENTS[_policy]["s"], s1=ACTIVATION_COEFFICIENTS[_policy]["s1"])
 
 
 @dataclasses.dataclass
@@ -217,10 +236,14 @@ def activation_terms(c, config: ModelConfig, mesh_shape: tuple[int, int, int], g
 def activation_bytes(c, config: ModelConfig, mesh_shape: tuple[int, int, int], grad_bytes: int,
                      flash: bool = False, device: str = "cpu") -> int:
     """Estimated temporary bytes of the train step per device, gradients included (see
-    ACTIVATION_COEFFICIENTS; on a TPU, TPU_ACTIVATION_COEFFICIENTS times the generation's factor)."""
-    tpu = device in TPU_GENERATION_FACTOR
-    k = (TPU_ACTIVATION_COEFFICIENTS if tpu else ACTIVATION_COEFFICIENTS)[c.remat]
-    factor = TPU_GENERATION_FACTOR[device] if tpu else 1.0
+    ACTIVATION_COEFFICIENTS; on a TPU, TPU_ACTIVATION_COEFFICIENTS times the generation's
+    factor; on a GPU, GPU_ACTIVATION_COEFFICIENTS times the GPU's)."""
+    if device in TPU_GENERATION_FACTOR:
+        k, factor = TPU_ACTIVATION_COEFFICIENTS[c.remat], TPU_GENERATION_FACTOR[device]
+    elif device in GPU_FACTOR:
+        k, factor = GPU_ACTIVATION_COEFFICIENTS[c.remat], GPU_FACTOR[device]
+    else:
+        k, factor = ACTIVATION_COEFFICIENTS[c.remat], 1.0
     return int(factor * sum(k[name] * value for name, value in activation_terms(c, config, mesh_shape, grad_bytes,
                                                                                  flash).items()))
 
