@@ -25,6 +25,10 @@ def get_config(arg=None):
     c.t_mlp = ""  # slerp: t for tensors named mlp
     c.normalize = config_dict.placeholder(bool)  # True / False; unset keeps the method's default
     c.seed = 0  # dare's Bernoulli masks
+    # exact: float32 math, only the output rounded; mergekit: task_arithmetic/ties/dare computed
+    # in the merge's dtype as mergekit 0.1.5 does (bf16 task vectors, DARE's L1 rescale), for
+    # outputs equal to mergekit's (README: "TIES and DARE against mergekit")
+    c.numerics = "exact"
     c.yaml = ""  # a mergekit-style YAML file: it names the models, method and parameters instead
     c.dtype = ""  # empty keeps the input dtype (a YAML's dtype wins)
     c.max_shard_size = "5GB"

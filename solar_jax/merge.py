@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from solar_jax import cli
 from solar_jax.errors import SolarError
-from solar_jax.pipelines.merging import merge_dirs, spec_from_config
+from solar_jax.pipelines.merging import merge_dirs, spec_from_config, with_numerics
 from solar_jax.surgery import mergekit_yaml
 from solar_jax.surgery.streaming import upscale_hf
 from solar_jax.weights.outdir import check_output_dir
@@ -25,6 +25,7 @@ def main(c) -> None:
     check_output_dir(c.output_dir, c.overwrite)
     if c.yaml:
         plan = mergekit_yaml.read_yaml(c.yaml)
+        plan.spec = with_numerics(plan.spec, c.numerics)
         dtype = plan.dtype or c.dtype
         if plan.method == "passthrough":
             out = upscale_hf(plan.model_dirs, plan.slices, c.output_dir, dtype=dtype,
@@ -35,6 +36,7 @@ def main(c) -> None:
         print(f"wrote {out} ({plan.method} of {len(plan.model_dirs)} models)")
         return
     dirs, spec = spec_from_config(c)
+    spec = with_numerics(spec, c.numerics)
     out = merge_dirs(dirs, spec, c.output_dir, dtype=c.dtype, max_shard_size=c.max_shard_size,
                      overwrite=c.overwrite)
     print(f"wrote {out} ({spec.method} of {len(dirs)} models)")

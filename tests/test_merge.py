@@ -1,5 +1,6 @@
 """Merge formulas (mergekit semantics) on hand-computed arrays, in memory and streamed."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -164,6 +165,18 @@ dtype: bfloat16
     y, c = hf_tensors(tmp_path / "y"), hf_tensors(tmp_path / "c")
     assert "lm_head.weight" not in y  # tied stays tied
     assert y.keys() == c.keys() and all(np.array_equal(y[k], c[k]) for k in y)
+    # mergekit's numerics (bf16 task vectors, its dtype: bfloat16): the same merge to bf16
+    # rounding of the deltas, but for the few elements whose rounded magnitudes move across
+    # the trim's cut (each then a whole delta apart)
+    r = run_command("solar_jax.merge", f"--config.yaml={tmp_path / 'ties.yaml'}", "--config.numerics=mergekit",
+                    f"--config.output_dir={tmp_path / 'mk'}")
+    assert r.returncode == 0, r.stderr
+    mk = hf_tensors(tmp_path / "mk")
+    assert mk.keys() == y.keys() and any(not np.array_equal(mk[k], y[k]) for k in y)
+    for k in y:
+        as_f32 = lambda bits: bits.view(ml_dtypes.bfloat16).astype(np.float32)  # noqa: E731
+        close = np.isclose(as_f32(mk[k]), as_f32(y[k]), rtol=2e-2, atol=1e-4)
+        assert close.mean() > 0.95, (k, close.mean())
     import transformers
 
     assert transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "y")) is not None
@@ -188,3 +201,5 @@ def test_bad_merge_input(two_models, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SolarError, match="exactly two models"):
         M.MergeSpec("slerp", 3, params={"t": 0.5})
+    with pytest.raises(SolarError, match="unknown numerics 'fast'; known: exact, mergekit"):
+        M.MergeSpec("ties", 2, base=0, numerics="fast")

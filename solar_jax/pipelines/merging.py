@@ -5,6 +5,7 @@ merge-gain arm): configs/merge.py's keys -> (model dirs, MergeSpec), and merging
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from solar_jax.config_files import floats, split_list
@@ -47,6 +48,11 @@ def spec_from_config(c) -> tuple[list[str], MergeSpec]:
     if c.normalize is not None:
         params["normalize"] = c.normalize
     return dirs, MergeSpec(c.method, len(dirs), base=base, params=params, model_params=model_params, seed=c.seed)
+
+
+def with_numerics(spec: MergeSpec | None, numerics: str) -> MergeSpec | None:
+    """spec with configs/merge.py's numerics (checked: an unknown name is one line)."""
+    return None if spec is None else dataclasses.replace(spec, numerics=numerics)
 
 
 def merge_dirs(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dtype: str = "",

@@ -25,6 +25,7 @@ from solar_jax.surgery.merge_math import linear, slerp, task_arithmetic
 METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 # mergekit's generalized task arithmetic family: (consensus, sparsification,
 # default normalize, default rescale).
+NUMERICS = ("exact", "mergekit")
 TASK_ARITHMETIC = {
     "task_arithmetic": (None, None, False, False),
     "ties": ("sum", "magnitude", True, False),
@@ -44,10 +45,17 @@ class MergeSpec:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     model_params: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seed: int = 0
+    # "exact": float32 math, only the output rounded; "mergekit": the task-arithmetic family
+    # computed in math_dtype as mergekit does (merge_math's docstring), for outputs equal to
+    # its own; math_dtype "" takes the output's dtype
+    numerics: str = "exact"
+    math_dtype: str = ""
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise SolarError(f"unknown merge method {self.method!r}; supported: {', '.join(METHODS)}")
+        if self.numerics not in NUMERICS:
+            raise SolarError(f"unknown numerics {self.numerics!r}; known: {', '.join(NUMERICS)}")
         if not self.model_params:
             self.model_params = [{} for _ in range(self.num_models)]
         if self.num_models < 2:
@@ -140,7 +148,7 @@ def merge_stacks(spec: MergeSpec, stacks: Sequence[np.ndarray], tensor_names: Se
         stacks[spec.base], [stacks[i] for i in others], weights, densities, consensus=consensus,
         sparsify=sparsify, normalize=_global_flag(spec, "normalize", normalize),
         rescale=_global_flag(spec, "rescale", rescale), tensor_names=tensor_names, models=others,
-        seed=spec.seed)
+        seed=spec.seed, mergekit_dtype=(spec.math_dtype or "float32") if spec.numerics == "mergekit" else None)
 
 
 def validate_spec(spec: MergeSpec, config: ModelConfig) -> None:

@@ -1,9 +1,16 @@
 """mergekit's merge formulas on stacks of float32 tensors with a leading layer axis L.
 
 One HF tensor per layer, so the same formulas merge stacked param trees in memory and HF
-directories streamed tensor by tensor (L = 1). Math is float32 like mergekit; SLERP's norms
-and dot products accumulate in float64 (a float32 dot over a 28M-element embedding rounds
-cos 0.99729 to 1.0 and flips SLERP onto its lerp branch).
+directories streamed tensor by tensor (L = 1). Math is float32, only the output is rounded
+to the output dtype; SLERP's norms and dot products accumulate in float64 (a float32 dot
+over a 28M-element embedding rounds cos 0.99729 to 1.0 and flips SLERP onto its lerp branch).
+
+mergekit (0.1.5) computes the task-arithmetic family in the merge's dtype instead: with
+`dtype: bfloat16` each task vector x - base is rounded to bf16 before it is trimmed, weighted,
+summed and added back, so a kept element comes out as round(base + round(x - base)), not x
+(on two independent bf16 tensors, 23.7% of the elements differ by that rounding), and DARE
+rescales the kept values to the task vector's L1 norm, not by 1 / density as the DARE paper
+does. task_arithmetic(..., mergekit_dtype=...) reproduces both ("numerics: mergekit").
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import zlib
 from typing import Sequence
 
+import ml_dtypes
 import numpy as np
 
 from solar_jax.errors import SolarError
@@ -61,16 +69,31 @@ def slerp(t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def magnitude_mask(x: np.ndarray, density: float) -> np.ndarray:
-    """Keeps the int(density * size) largest |x| of one tensor (TIES trim)."""
+    """Keeps the int(density * size) largest |x| of one tensor (TIES trim). Equal magnitudes
+    at the cut are kept in index order, first come first kept (a stable descending sort's
+    choice), so the mask is the same on every machine. mergekit takes them in
+    torch.argsort's unspecified order (measured: the stable choice on 83-90% of them)."""
     if density >= 1:
         return np.ones(x.shape, bool)
     k = int(density * x.size)
     if k <= 0:
         raise SolarError(f"density {density} keeps no element of a tensor of {x.size}")
     flat = np.abs(x).reshape(-1)
-    keep = np.zeros(x.size, bool)
-    keep[np.argpartition(flat, x.size - k)[x.size - k:]] = True
+    cut = np.partition(flat, x.size - k)[x.size - k]  # the k-th largest magnitude
+    keep = flat > cut
+    tied = np.flatnonzero(flat == cut)[:k - int(keep.sum())]
+    keep[tied] = True
     return keep.reshape(x.shape)
+
+
+def _rounding(dtype_name: str | None):
+    """x -> x rounded to dtype_name and back to float32 (identity for None or float32)."""
+    if not dtype_name or dtype_name == "float32":
+        return lambda x: x
+    dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}.get(dtype_name)
+    if dtype is None:
+        raise SolarError(f"mergekit numerics in {dtype_name!r}: bfloat16, float16 or float32")
+    return lambda x: np.asarray(x, np.float32).astype(dtype).astype(np.float32)
 
 
 def _tensor_rng(seed: int, model: int, tensor_name: str) -> np.random.Generator:
@@ -81,17 +104,23 @@ def _tensor_rng(seed: int, model: int, tensor_name: str) -> np.random.Generator:
 def task_arithmetic(base: np.ndarray, xs: Sequence[np.ndarray], weights: Sequence[np.ndarray],
                     densities: Sequence[np.ndarray], *, consensus: str | None, sparsify: str | None,
                     normalize: bool, rescale: bool, tensor_names: Sequence[str], models: Sequence[int],
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0, mergekit_dtype: str | None = None) -> np.ndarray:
     """mergekit's generalized task arithmetic (task_arithmetic, ties, dare_ties, dare_linear).
 
     deltas d_i = x_i - base; sparsified per layer slice (magnitude top-k or Bernoulli keep,
     DARE rescales kept values by 1/density); weighted by w_i; with sign consensus only the
     deltas agreeing with sign(sum_i w_i d_i) count, and normalisation divides by the sum of
     the weights that count. Result: base + mixed delta.
+
+    mergekit_dtype ("bfloat16", ...): mergekit's numerics instead (the module's docstring):
+    each step rounded to that dtype as mergekit's torch code computes in it (sums accumulate
+    in float32, as torch's CPU reductions of bf16 do), DARE's kept values rescaled to the
+    task vector's L1 norm.
     """
+    r = _rounding(mergekit_dtype)
     deltas = []
     for x, density, model in zip(xs, densities, models):
-        d = x - base
+        d = r(x - base)
         if sparsify is not None:
             for layer in range(d.shape[0]):
                 rho = float(density[layer])
@@ -101,22 +130,27 @@ def task_arithmetic(base: np.ndarray, xs: Sequence[np.ndarray], weights: Sequenc
                     d[layer] *= magnitude_mask(d[layer], rho)
                 else:
                     keep = _tensor_rng(seed, model, tensor_names[layer]).random(d[layer].shape) < rho
+                    before = np.abs(d[layer]).sum(dtype=np.float64)
                     d[layer] *= keep
-                    if rescale:
+                    if rescale and mergekit_dtype:  # to the unsparsified L1 norm (mergekit's RescaleNorm.l1)
+                        after = np.abs(d[layer]).sum(dtype=np.float64)
+                        if r(before) >= 1e-7 and r(after) >= 1e-7:
+                            d[layer] = r(d[layer] * r(r(before) / r(after)))
+                    elif rescale:
                         d[layer] /= np.float32(rho)
         deltas.append(d)
-    weighted = np.stack([d * _bcast(w, d) for d, w in zip(deltas, weights)])  # [K, L, ...]
-    w = np.stack([_bcast(w, base) for w in weights])  # [K, L, 1, ...]
+    weighted = np.stack([r(d * r(_bcast(w, d))) for d, w in zip(deltas, weights)])  # [K, L, ...]
+    w = np.stack([r(_bcast(w, base)) for w in weights])  # [K, L, 1, ...]
     if consensus == "sum":
-        majority = np.where(weighted.sum(axis=0) >= 0, 1.0, -1.0).astype(np.float32)
+        majority = np.where(r(weighted.sum(axis=0)) >= 0, 1.0, -1.0).astype(np.float32)
         mask = np.sign(weighted) == majority
-        mixed = (weighted * mask).sum(axis=0)
-        divisor = (w * mask).sum(axis=0)
+        mixed = r((weighted * mask).sum(axis=0))
+        divisor = r((w * mask).sum(axis=0))
         divisor[divisor == 0] = 1
     else:
-        mixed = weighted.sum(axis=0)
-        divisor = np.broadcast_to(w.sum(axis=0), mixed.shape).copy()
+        mixed = r(weighted.sum(axis=0))
+        divisor = np.broadcast_to(r(w.sum(axis=0)), mixed.shape).copy()
         divisor[np.abs(divisor) < 1e-8] = 1
     if normalize:
-        mixed = mixed / divisor
-    return base + mixed
+        mixed = r(mixed / divisor)
+    return r(base + mixed)

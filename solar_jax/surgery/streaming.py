@@ -7,6 +7,7 @@ tensors, not whole models. Output goes to a temporary sibling dir renamed at the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -104,6 +105,8 @@ def merge_hf(model_dirs: Sequence[str], spec: MergeSpec, output_dir: str, *, dty
     ref = spec.base if spec.base is not None else 0
     first_name = table[0].hf_name
     dtype_name = dtype or hf.dtype_name_of(sources[ref][first_name].dtype(first_name))
+    if spec.numerics == "mergekit" and not spec.math_dtype:  # mergekit computes in the merge's dtype
+        spec = dataclasses.replace(spec, math_dtype=dtype_name)
     target = hf.export_dtype(dtype_name)
     by_name = {k.hf_name: k for k in table}
 
