@@ -111,6 +111,15 @@ def test_replica_groups_in_every_form_xla_prints():
     assert g("replica_groups={{0,1},{2,3}}, x", 4) == [[0, 1], [2, 3]]
     assert g("replica_groups=[2,4]<=[4,2]T(1,0), x", 8) == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert g("source_target_pairs={{0,1},{1,2}}, x", 3) == [[0, 1], [1, 2]]
+    # the wire bytes come from the same groups: an all-reduce over the 2-host axis of a mesh
+    # with device_ids moves (2 - 1) / 2 x 2 of its operand, and crosses the hosts
+    hlo = """ENTRY %main (p: f32[1024]) -> f32[1024] {
+  %p = f32[1024]{0} parameter(0)
+  ROOT %r = f32[1024]{0} all-reduce(%p), channel_id=1, replica_groups=mesh['axis_0'=8,'axis_1'=2], device_ids=([2,8]T(1,0)) {'axis_1'}, to_apply=%add
+}
+"""
+    col = hlo_stats.collectives(hlo_stats.parse(hlo), 16, hosts=[i // 8 for i in range(16)])["all-reduce"]
+    assert col.bytes == 4096 and col.wire_bytes == 4096 and col.cross_host_wire_bytes == 4096
 
 
 def test_one_chip_table_feeds_the_planner_the_estimates_and_mfu():

@@ -32,10 +32,6 @@ _NAME = re.compile(r"^([a-z][a-z0-9]*)x(\d+)$")
 MEMORY_FRACTION = 0.9
 
 
-_NO_PLUGIN = ("--compile for GPUs needs XLA's GPU compiler (jax's CUDA plugin): pip install -e '.[gpu-compile]' "
-              "(it compiles for GPUs on a machine without one)")
-
-
 def cuda_plugin_installed() -> bool:
     return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
 
@@ -93,7 +89,8 @@ def check_can_compile(device: str, count: int) -> str:
     """The topology name, once it is known that XLA's GPU compiler is here (before any work)."""
     name = topology_name(device, count)
     if not cuda_plugin_installed():
-        raise SolarError(_NO_PLUGIN)
+        raise SolarError("--compile for GPUs needs XLA's GPU compiler (jax's CUDA plugin): pip install -e "
+                         "'.[gpu-compile]' (it compiles for GPUs on a machine without one)")
     return name
 
 
@@ -173,9 +170,7 @@ def topology_devices(device: str, count: int, spec_text: str | None = None,
     """The GPUs of `count` x device on hosts of 8, for ahead-of-time compiles with no GPU.
     spec_text: a GpuTargetConfigProto to use instead of the chip table's; fields this jaxlib's
     XLA does not know (newer specs carry some) are dropped and named in `dropped`."""
-    name = topology_name(device, count)
-    if not cuda_plugin_installed():
-        raise SolarError(_NO_PLUGIN)
+    name = check_can_compile(device, count)
     text = spec_text if spec_text is not None else target_config(GPUS[device])
     for _ in range(32):  # one unknown field per try: the parser stops at the first
         with _native_stderr() as err:

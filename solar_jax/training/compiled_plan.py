@@ -257,11 +257,12 @@ def target_devices(device: str, chips: int, gpu_spec: str | None = None,
     for instead of the chip table's description (its unknown fields go to `dropped`)."""
     if device in GPUS:
         devices = gpu.topology_devices(device, chips, gpu_spec, dropped)
-        memory = gpu.spec_memory_bytes(gpu_spec) if gpu_spec else GPUS[device].memory_bytes
-        return gpu.topology_name(device, chips), devices, int(memory * gpu.memory_fraction())
+        capacity = (int(gpu.spec_memory_bytes(gpu_spec) * gpu.memory_fraction()) if gpu_spec
+                    else plan_lib.device_capacity(device))
+        return gpu.topology_name(device, chips), devices, capacity
     if gpu_spec:
         raise SolarError(f"--gpu_spec is for GPUs, not {device}")
-    return tpu.topology_name(device, chips), tpu.topology_devices(device, chips), tpu.CHIPS[device].memory_bytes
+    return tpu.topology_name(device, chips), tpu.topology_devices(device, chips), plan_lib.device_capacity(device)
 
 
 def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dict | None = None,
@@ -321,12 +322,8 @@ def read_compiled(c, config: ModelConfig, device: str, chips: int, mesh_shape: t
     cudnn_calls = sum(n for target, n in calls.items() if target.startswith("__cudnn$fmha"))
     if kernel == "cudnn" and cudnn_calls:  # the same, inside cuDNN's fused attention
         kernel_flops = attention_flops(analytic) / chips
-    if device in GPUS:
-        topology = gpu.topology_name(device, chips)
-        capacity = capacity if capacity is not None else int(GPUS[device].memory_bytes * gpu.memory_fraction())
-    else:
-        topology = tpu.topology_name(device, chips)
-        capacity = capacity if capacity is not None else tpu.CHIPS[device].memory_bytes
+    topology = gpu.topology_name(device, chips) if device in GPUS else tpu.topology_name(device, chips)
+    capacity = capacity if capacity is not None else plan_lib.device_capacity(device)
     return CompiledPlan(device, topology, chips, mesh_shape, kernel, compile_seconds,
                         memory, capacity, hlo_stats.collectives(comps, chips, times, hosts),
                         hlo_stats.matmul_flops(comps, times), kernel_flops, analytic,

@@ -199,24 +199,6 @@ def replica_groups(attributes: str, num_devices: int) -> list[list[int]]:
     return [list(range(num_devices))]
 
 
-def _group_size(attributes: str, num_devices: int) -> int:
-    """Devices in one replica group of a collective."""
-    groups = re.search(r"replica_groups=\{\{([^}]*)\}", attributes)
-    if groups:
-        return len(groups.group(1).split(","))
-    iota = re.search(r"replica_groups=\[([\d,]+)\]<=", attributes)
-    if iota:
-        return int(iota.group(1).split(",")[-1])
-    mesh = re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", attributes)
-    if mesh:
-        sizes = dict(re.findall(r"'([^']+)'=(\d+)", mesh.group(1)))
-        return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", mesh.group(2)))
-    pairs = re.search(r"source_target_pairs=\{(.*?)\}\}?", attributes)
-    if pairs:
-        return 2
-    return num_devices
-
-
 @dataclasses.dataclass
 class Collective:
     kind: str  # all-gather | reduce-scatter | all-reduce | all-to-all | collective-permute
@@ -254,7 +236,8 @@ def collectives(comps: dict[str, Computation], num_devices: int,
                 op = "reduce-scatter"
             operand_bytes = sum(array_bytes(comp.shapes.get(o, "")) for o in inst.operands)
             size = array_bytes(_result_shape(inst)) if op == "all-gather" else operand_bytes or array_bytes(inst.shape)
-            g = _group_size(inst.attributes, num_devices)
+            groups = replica_groups(inst.attributes, num_devices)
+            g = len(groups[0])  # devices in one group
             wire = size * (g - 1) / g * (2 if op == "all-reduce" else 1) if g > 1 else 0.0
             if op == "collective-permute":
                 wire = size
@@ -263,7 +246,7 @@ def collectives(comps: dict[str, Computation], num_devices: int,
             key = (f"channel {channel.group(1) if channel else '-'} chain {chain.group(1)}" if chain
                    else f"{comp.name}/{inst.name}")
             across = hosts is not None and any(len({hosts[d] for d in group if d < len(hosts)}) > 1
-                                               for group in replica_groups(inst.attributes, num_devices))
+                                               for group in groups)
             if key not in seen or seen[key][1] < n:
                 seen[key] = (op, n, size, wire, across)
     out: dict[str, Collective] = {}
