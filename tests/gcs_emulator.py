@@ -1,7 +1,7 @@
 """The GCS emulator the gs:// tests run (`python tests/gcs_emulator.py start --port=...`):
 gcp-storage-emulator, with the two parts of the GCS API it leaves out and orbax needs.
 
-Orbax's OCDBT checkpoints create their manifest with `ifGenerationMatch=0` (create only if
+Orbax's OCDBT checkpoints (and solar_jax's gs:// locks) create their manifest with `ifGenerationMatch=0` (create only if
 absent) and update it with `ifGenerationMatch=<generation>`; GCS answers 412 when the
 precondition fails, and the writers that raced retry. The emulator ignores preconditions,
 so two writers both "win" and the checkpoint fails at random (seen as "Malformed
@@ -22,9 +22,14 @@ _insert = objects.insert
 
 def insert(request, response, storage, *args, **kwargs):
     match = request.query.get("ifGenerationMatch")
-    if match and "upload_id" not in request.query and "name" in request.query:
+    # The object's name: in the query (media, resumable), or in a multipart upload's JSON part
+    # (gcsfs's small writes, e.g. a lock created only if absent).
+    name = request.query["name"][0] if "name" in request.query else None
+    if name is None and request.query.get("uploadType") == ["multipart"]:
+        name = (request.data or {}).get("meta", {}).get("name")
+    if match and "upload_id" not in request.query and name:
         try:
-            current = str(storage.get_file_obj(request.params["bucket_name"], request.query["name"][0])["generation"])
+            current = str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
         except NotFound:
             current = "0"
         if current != match[0]:

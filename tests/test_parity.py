@@ -156,3 +156,72 @@ def test_bfloat16_compute_is_close_and_float32_out(tiny_hf):
     # bf16 has 8 bits of mantissa: agreement to a few 1e-2 on O(1) logits, not 1e-4.
     assert np.abs(got - torch_logits(ref_model, ids)).max() < 0.1
     assert model.embed.embedding[...].dtype == jnp.float32  # master params stay float32
+
+
+# Each supported RoPE written the transformers-5 way (rope_parameters) and the 4.x way
+# (rope_theta at the top, rope_scaling with "type"); original_max small so llama3's three
+# frequency bands all occur at head_dim 16.
+ROPES = {
+    "default": {"rope_type": "default", "rope_theta": 5000.0},
+    "linear": {"rope_type": "linear", "rope_theta": 5000.0, "factor": 3.0},
+    "llama3": {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+}
+
+
+def _rewritten(src, dst, edit):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    edit(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def _v4(rope):
+    legacy = {("type" if k == "rope_type" else k): v for k, v in rope.items() if k != "rope_theta"}
+    return lambda c: c.update(rope_theta=rope["rope_theta"], rope_scaling=None if legacy["type"] == "default"
+                              else legacy)
+
+
+@pytest.mark.parametrize("rope", sorted(ROPES))
+@pytest.mark.parametrize("layout", ["rope_parameters", "rope_scaling", "both"])
+def test_each_rope_type_written_either_way_matches_transformers(tiny_hf, tmp_path, rope, layout):
+    import transformers
+
+    _, path = tiny_hf("llama_gqa")
+    edits = {"rope_parameters": lambda c: c.update(rope_parameters=dict(ROPES[rope])), "rope_scaling": _v4(ROPES[rope]),
+             "both": lambda c: (_v4(ROPES[rope])(c), c.update(rope_parameters=dict(ROPES[rope])))}
+    path = _rewritten(path, tmp_path / "m", edits[layout])
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    ids = np.random.RandomState(2).randint(0, 128, (1, 60))
+    got = np.asarray(hf.load_hf(path)(jnp.asarray(ids, jnp.int32)))
+    assert np.abs(got - torch_logits(ref, ids)).max() <= TOL
+
+
+def test_rope_parameters_and_rope_scaling_that_disagree_are_refused(tiny_hf, tmp_path):
+    import transformers
+
+    from solar_jax.errors import SolarError
+
+    _, path = tiny_hf("llama_gqa")
+    # A transformers-5 config with an older rope_scaling added: transformers applies the
+    # scaling (logits differ from the unscaled model's), so reading rope_parameters alone
+    # would be silently wrong.
+    edit = lambda c: c.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0},  # noqa: E731
+                              rope_scaling={"rope_type": "linear", "factor": 4.0})
+    both = _rewritten(path, tmp_path / "both", edit)
+    ids = np.random.RandomState(3).randint(0, 128, (1, 40))
+    scaled = torch_logits(transformers.AutoModelForCausalLM.from_pretrained(str(both), dtype=torch.float32), ids)
+    plain = torch_logits(transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), ids)
+    assert np.abs(scaled - plain).max() > 1e-3
+    with pytest.raises(SolarError, match=r"rope_parameters .*'default'.* and rope_scaling .*'linear'.* disagree"):
+        hf.load_hf(both)
+    # An unsupported type on either side is refused the same way, before anything is built.
+    edit = lambda c: c.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0},  # noqa: E731
+                              rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(SolarError, match="disagree"):
+        hf.load_hf(_rewritten(path, tmp_path / "yarn", edit))

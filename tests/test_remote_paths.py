@@ -117,6 +117,8 @@ def test_train_reads_and_writes_gs_and_resumes_after_sigkill(gcs, tmp_path):
     resumed = _train(env, *common, *remote)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from gs://{BUCKET}/runs/cpt/checkpoints at step" in resumed.stdout
+    # The killed run's lock record (a dead process of this host) does not block the resume.
+    assert f"workdir gs://{BUCKET}/runs/cpt: taking over the lock of pid {proc.pid}" in resumed.stdout
     fs.invalidate_cache()
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/runs/cpt")}
     assert {"metrics.jsonl", "run.json", "tensorboard", "hf", "checkpoints", "loss_curve.png"} <= names
@@ -134,6 +136,34 @@ def test_train_reads_and_writes_gs_and_resumes_after_sigkill(gcs, tmp_path):
     last = {r["step"]: r for r in remote_rows}
     assert [r["step"] for r in rows] == sorted(last)
     assert last[8]["loss"] == pytest.approx(rows[-1]["loss"], abs=0)
+
+
+def test_a_gs_lock_is_created_once_beats_and_a_stale_one_is_taken_over(gcs, monkeypatch, capsys):
+    from solar_jax.weights import locks
+
+    _, fs = gcs
+    url = f"gs://{BUCKET}/locked/{locks.WORKDIR_LOCK}"
+    monkeypatch.setattr(locks, "HEARTBEAT_S", 0.2)
+    with locks.hold(url, "workdir", "w"):
+        first = json.loads(fs.cat(url))
+        with pytest.raises(locks.Busy, match=f"workdir w is in use by pid {os.getpid()}"):
+            with locks.hold(url, "workdir", "w"):
+                pass
+        time.sleep(1.0)
+        fs.invalidate_cache()
+        assert json.loads(fs.cat(url))["heartbeat"] > first["heartbeat"]  # the holder is alive
+    fs.invalidate_cache()
+    assert not fs.exists(url)
+    # Another host's record: live while it beats, taken over once STALE_S has passed.
+    record = dict(host="elsewhere", pid=1, since=time.time(), heartbeat=time.time(), token="x", command="train")
+    fs.pipe(url, json.dumps(record).encode())
+    with pytest.raises(locks.Busy, match="pid 1 on host elsewhere"):
+        with locks.hold(url, "workdir", "w"):
+            pass
+    fs.pipe(url, json.dumps(dict(record, heartbeat=time.time() - locks.STALE_S - 1)).encode())
+    with locks.hold(url, "workdir", "w"):
+        assert json.loads(fs.cat(url))["pid"] == os.getpid()
+    assert "taking over the lock of pid 1 on host elsewhere" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag, match", [

@@ -2,8 +2,10 @@
 
 import json
 import random
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -106,6 +108,52 @@ def test_a_truncated_shard_is_one_line(byte_shards, tmp_path):
                     f"--config.data.train_files={copy}", "--config.num_steps=1")
     assert r.returncode == 2 and r.stderr.startswith(f"error: {shard} is missing or not the size"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def _flip_bytes(path, start=64, every=97):
+    data = bytearray(path.read_bytes())
+    for i in range(start, len(data), every):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_one_line_at_start_and_names_its_file_mid_run(byte_shards, tmp_path):
+    import os
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(byte_shards, copy)
+    shards = [copy / s["file"] for s in json.loads((copy / "manifest.json").read_text())["shards"]]
+    flags = ["solar_jax.train", "--config=configs/cpt.py:tiny", "--config.upscale_m=-1",
+             f"--config.data.train_files={copy}"]
+    # At start: the sha256 of every shard against the manifest (the size is unchanged).
+    damaged = tmp_path / "damaged.array_record"
+    shutil.copy(shards[0], damaged)
+    _flip_bytes(damaged, start=len(damaged.read_bytes()) // 2, every=10**9)
+    os.replace(damaged, shards[0])
+    r = run_command(*flags, f"--config.workdir={tmp_path / 'a'}", "--config.num_steps=1")
+    assert r.returncode == 2 and r.stderr == (f"error: {shards[0]} is damaged: its sha256 is not the manifest's; "
+                                              "copy the shard dir again or re-run solar_jax.tokenize\n"), r.stderr
+    assert not (tmp_path / "a").exists()
+    # Damaged after the check (hours in): the read error names the shard and the last good
+    # checkpoint, exit 2.
+    shutil.rmtree(copy)
+    shutil.copytree(byte_shards, copy)
+    workdir = tmp_path / "b"
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", *flags, f"--config.workdir={workdir}", "--config.num_steps=10000",
+                             "--config.checkpoint_every=2", "--config.async_checkpoint=False", "--config.eval_every=10000"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "2").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    for shard in shards:
+        _flip_bytes(shard)
+    _, err = proc.communicate(timeout=240)
+    errors = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert proc.returncode == 2 and len(errors) == 1, err[-3000:]  # besides it: the progress bar, cleared
+    assert re.match(rf"error: cannot read document \d+ from {copy}/shard-0000\d-of-\d+\.array_record \(.+\); "
+                    r"last good checkpoint: step \d+$", errors[0]), err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,6 @@
 """The training engine on the tiny config: loss, sharding, resume, preemption, packing."""
 
+import json
 import os
 import signal
 import subprocess
@@ -159,6 +160,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
         if metrics.exists() and max((r["step"] for r in read_metrics(metrics)), default=0) >= 3:
             break
         time.sleep(0.2)
+    # A second run on the same workdir (a double launch) is refused, naming the live holder.
+    second = run_command(*_train_cmd(workdir, "--config.num_steps=100000"))
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr[-2000:]
+    assert f"error: workdir {workdir} is in use by pid {proc.pid} on host " in second.stderr
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -169,6 +174,19 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from" in resumed.stdout and f"at step {saved[-1]}" in resumed.stdout
     assert max(losses(workdir)) == saved[-1] + 2
+    # Resuming with other batches is refused in one line; a change named in resume_changes
+    # is accepted and recorded in run.json.
+    changed = run_command(*_train_cmd(workdir, f"--config.num_steps={saved[-1] + 3}", "--config.seq_len=32"))
+    assert changed.returncode == 2 and changed.stderr == (
+        f"error: resuming {workdir} with a changed seq_len 64 -> 32: start another workdir, or accept the change "
+        "with --config.resume_changes=seq_len (recorded in run.json)\n"), changed.stderr[-2000:]
+    accepted = run_command(*_train_cmd(workdir, f"--config.num_steps={saved[-1] + 3}", "--config.seed=7",
+                                       "--config.resume_changes=seed"))
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert "resuming with accepted changes: seed 0 -> 7" in accepted.stdout
+    record = json.loads((workdir / "run.json").read_text())
+    assert record["config"]["seed"] == 7 and record["resume_changes"][0]["changed"] == {"seed": [0, 7]}
+    assert record["resume_changes"][0]["at_step"] == saved[-1] + 2
 
 
 def test_packed_batch_gives_the_per_document_losses(tiny_hf):

@@ -160,13 +160,35 @@ class ModelConfig:
 
 def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
     # transformers 5 writes rope_parameters={rope_type, rope_theta, ...}; 4.x wrote
-    # rope_theta at the top and rope_scaling={type|rope_type, factor, ...} or null.
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    # rope_theta at the top and rope_scaling={type|rope_type, factor, ...} or null. Given
+    # both, transformers takes rope_scaling whole (PreTrainedConfig.convert_rope_params_to_dict:
+    # `rope_scaling or rope_parameters`; rope_theta then from the top level or 10000):
+    # a config whose two keys mean different RoPE is refused, not read one way or the other.
+    new, legacy = hf.get("rope_parameters"), hf.get("rope_scaling")
+    if new and legacy and _rope_meaning(new, hf) != _rope_meaning(legacy, hf):
+        raise SolarError(f"config.json: rope_parameters {_rope_meaning(new, hf)} and rope_scaling "
+                         f"{_rope_meaning(legacy, hf)} disagree (transformers would use rope_scaling); "
+                         "remove the one that is wrong")
+    return _rope_params(dict(legacy or new or {}), hf)
+
+
+def _rope_meaning(params: dict[str, Any], hf: dict[str, Any]) -> dict[str, Any]:
+    """What a rope dict means once transformers' defaults are filled in (any rope type)."""
+    meaning = {k: v for k, v in params.items() if k != "type"}
+    meaning["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    meaning.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+    if meaning["rope_type"] in ("llama3", "yarn", "longrope"):
+        meaning.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in sorted(meaning.items())}
+
+
+def _rope_params(params: dict[str, Any], hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise SolarError(f"unsupported rope type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
+    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise SolarError("unsupported partial_rotary_factor != 1.0")
     if rope_type == "default":
         return theta, None

@@ -43,7 +43,7 @@ from solar_jax.training import data as data_lib
 from solar_jax.training import docs_qa, sft_data, synth_math
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.weights import hf
-from solar_jax.weights.outdir import check_output_dir, publish_output_dir
+from solar_jax.weights.outdir import check_output_dir, publish_output_dir, writes_output_dir
 
 METHODS = ("average", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
@@ -216,6 +216,7 @@ def pareto(models: dict[str, dict]) -> list[str]:
     return front
 
 
+@writes_output_dir
 def run(c) -> dict[str, Any]:
     for key in ("average_weights", "slerp_t", "task_arithmetic_weights", "densities"):
         floats(c[key], key)  # bad input: one line before any work

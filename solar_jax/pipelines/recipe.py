@@ -29,7 +29,7 @@ from solar_jax.training import task_data
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import plot_loss_curve
 from solar_jax.weights import hf, paths
-from solar_jax.weights.outdir import check_output_dir, publish_output_dir, staged_output_dir
+from solar_jax.weights.outdir import check_output_dir, publish_output_dir, staged_output_dir, writes_output_dir
 from solar_jax.weights.real_model import ensure_real_model
 
 STAGES = ("base", "upscaled", "cpt", "sft", "dpo_a", "dpo_b", "merge_average", "merge_slerp")
@@ -118,6 +118,7 @@ def output_file(out_dir: str, out: Path, name: str) -> str:
     return f"{out_dir.rstrip('/')}/{name}" if paths.is_remote(out_dir) else str(out / name)
 
 
+@writes_output_dir
 def run_recipe(r) -> dict[str, Any]:
     check_output_dir(r.output_dir, r.overwrite)
     model_dir = resolve_model_dir(r.model_dir)

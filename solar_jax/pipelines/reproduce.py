@@ -36,7 +36,7 @@ from solar_jax.training import data as data_lib
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import read_metrics
 from solar_jax.weights import hf, paths
-from solar_jax.weights.outdir import check_output_dir, publish_output_dir
+from solar_jax.weights.outdir import check_output_dir, publish_output_dir, writes_output_dir
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -154,6 +154,7 @@ def recipe_candidates(recipe_dir: str) -> list[str]:
     return dirs
 
 
+@writes_output_dir
 def run(c) -> dict[str, Any]:
     weights = _floats(c.average_weights, "average_weights")
     candidates = recipe_candidates(c.recipe_dir) if c.recipe_dir else []

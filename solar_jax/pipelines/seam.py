@@ -19,7 +19,7 @@ from solar_jax.evaluation.tasks import load_for_eval
 from solar_jax.pipelines.recipe import resolve_model_dir
 from solar_jax.surgery import seam
 from solar_jax.training import data as data_lib
-from solar_jax.weights.outdir import atomic_output_dir, check_output_dir
+from solar_jax.weights.outdir import atomic_output_dir, check_output_dir, writes_output_dir
 
 
 def text_batches(tokenizer, c) -> list[dict[str, np.ndarray]]:
@@ -47,6 +47,7 @@ def text_batches(tokenizer, c) -> list[dict[str, np.ndarray]]:
     return [{k: v for k, v in data_lib.model_batch(b).items() if k in ("inputs", "segment_ids")} for b in batches]
 
 
+@writes_output_dir
 def run(c) -> dict[str, Any]:
     check_output_dir(c.output_dir, c.overwrite)
     model, tokenizer = load_for_eval(str(resolve_model_dir(c.model_dir)), c.dtype)

@@ -272,7 +272,7 @@ def _shard_corpus(data_cfg, tokenizer, seed: int) -> Corpus:
                   f"1/N); to read only this host's records in place, mount the bucket (launch/tpu_pod.sh "
                   f"--gcsfuse=BUCKET:/mnt/DIR) and set --config.data.train_files=/mnt/DIR/...")
     path = str(paths.local_copy(url))  # a gs:// shard dir is read from a local copy
-    manifest, lengths = token_shards.load_documents(path, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
+    manifest, lengths = token_shards.load_documents(path, tokenizer, data_cfg, _say_once)
     if data_cfg.eval_files:
         train_idx, evals = list(range(len(lengths))), _eval_documents(data_cfg, tokenizer)
     else:
@@ -293,7 +293,8 @@ def _say_once(text: str) -> None:
 
 def _eval_documents(data_cfg, tokenizer) -> list[np.ndarray]:
     if token_shards.is_shard_dir(data_cfg.eval_files):
-        held = token_shards.all_documents(str(paths.local_copy(data_cfg.eval_files.strip())), tokenizer, data_cfg)
+        held = token_shards.all_documents(str(paths.local_copy(data_cfg.eval_files.strip())), tokenizer, data_cfg,
+                                           _say_once)
         return [held[i] for i in range(len(held))]
     eval_docs = read_documents(expand_files(data_cfg.eval_files), data_cfg.text_field)
     if not eval_docs:

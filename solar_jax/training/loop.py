@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import yaml
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -30,17 +31,18 @@ from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
 from solar_jax.training import data as data_lib
 from solar_jax.training import plan as plan_lib
-from solar_jax.training import sharding, task_data
+from solar_jax.training import sharding, task_data, token_shards
 from solar_jax.training.checkpoint import Checkpointer
 from solar_jax.training.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
 from solar_jax.training.optim import learning_rate_schedule
+from solar_jax.config_files import split_list
 from solar_jax.training.run_config import check_seq_len, validate
 from solar_jax.training.runs import RUN_FILE, read_run_record, run_record
 from solar_jax.training.state import (ModelSource, StateLayout, initial_params, initial_state, resolve_model,
                                       state_layout, trainable_mask)
 from solar_jax.training.step import (evaluate, lower_train_step, make_eval_step, model_options, objective_for,
                                      reference_fn)
-from solar_jax.weights import hf, paths
+from solar_jax.weights import hf, locks, paths
 
 
 class TrainingDiverged(RunFailed):
@@ -123,10 +125,19 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         raise SolarError("workdir is required (--config.workdir=RUN_DIR)")
     # A remote workdir (gs://...) is written in a local mirror, pushed at every checkpoint
     # and at the end; its checkpoints go to the remote dir directly (weights/paths.py).
-    mirror = paths.Mirror(target, skip=("checkpoints",)) if paths.is_remote(target) else None
+    mirror = paths.Mirror(target, skip=("checkpoints", locks.WORKDIR_LOCK)) if paths.is_remote(target) else None
     workdir = mirror.local if mirror else Path(target)
     checkpoint_dir = c.checkpoint_dir or (f"{mirror.url}/checkpoints" if mirror else workdir / "checkpoints")
     validate(c, len(devices))
+    if not mirror and workdir.exists() and not workdir.is_dir():
+        raise SolarError(f"workdir {workdir} is a file, not a directory")
+    with _one_run_per_workdir(f"{mirror.url}/{locks.WORKDIR_LOCK}" if mirror else workdir / locks.WORKDIR_LOCK,
+                              mirror.url if mirror else str(workdir)):
+        return _train_in(c, mirror, workdir, checkpoint_dir, devices, verbose)
+
+
+def _train_in(c, mirror, workdir: Path, checkpoint_dir, devices: list, verbose: bool) -> dict[str, Any]:
+    """train_and_evaluate once the workdir is this run's."""
     source = resolve_model(c)
     check_seq_len(c, source.config.max_position_embeddings)
     tokenizer = data_lib.load_tokenizer(c.tokenizer, source.model_dir)
@@ -147,6 +158,8 @@ def train_and_evaluate(c, workdir: str | None = None, devices: list | None = Non
         with _removed_on_failure(workdir):  # data, reference, compile: a failed start leaves nothing
             run = _set_up(c, workdir, checkpoint_dir, source, tokenizer, mesh)
             if record is not None and jax.process_index() == 0:
+                if record.get("resume_changes"):
+                    record["resume_changes"][-1]["at_step"] = run.start_step
                 (workdir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if mirror and jax.process_index() == 0:
             run.sync = mirror.push
@@ -252,7 +265,10 @@ def _loop(c, run: _Run, config: ModelConfig, num_devices: int) -> dict[str, Any]
     try:
         step = run.start_step
         while step < c.num_steps:
-            host = run.data.to_model(next(run.train_iter))
+            try:
+                host = run.data.to_model(next(run.train_iter))
+            except token_shards.DataReadError as e:
+                raise SolarError(f"{e}; last good checkpoint: step {run.checkpointer.latest_step()}") from None
             batch = (sharding.put_global_batch(host, run.mesh) if run.data.rows is None
                      else sharding.put_local_rows(host, run.data.rows, c.batch_size, run.mesh))
             t0 = time.perf_counter()
@@ -351,11 +367,35 @@ def _eval_line(ev: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+# Keys a resumed run must share with the run it resumes: they decide the model, the data and
+# its order, and the batches (a checkpoint's data position means nothing under other ones).
+# Schedules, logging, checkpointing, the mesh and data-loading speed may change freely.
+RESUME_KEYS = ("task", "model_dir", "model_preset", "tokenizer", "upscale_m", "upscale_slices", "upscale_init",
+               "upscale_train", "batch_size", "seq_len", "seed", "packing", "template", "dpo")
+RESUME_FREE_DATA_KEYS = ("num_threads", "prefetch", "verify_shards")
+
+
+def _resume_differences(before: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Guarded keys whose values differ: dotted key -> (recorded, now); keys an older record
+    lacks are not compared."""
+    keys = [*RESUME_KEYS, *(f"data.{k}" for k in now.get("data", {}) if k not in RESUME_FREE_DATA_KEYS)]
+
+    def get(config, key):
+        for part in key.split("."):
+            if not isinstance(config, dict) or part not in config:
+                return KeyError
+            config = config[part]
+        return config
+
+    return {k: (get(before, k), get(now, k)) for k in keys
+            if get(before, k) is not KeyError and get(before, k) != get(now, k)}
+
+
 def _check_run_file(workdir: Path, source: ModelSource, c) -> dict[str, Any] | None:
-    """workdir/run.json records the model; resuming with a different one is refused.
-    Returns the record to write once the run has started (None: it is there already)."""
-    if workdir.exists() and not workdir.is_dir():
-        raise SolarError(f"workdir {workdir} is a file, not a directory")
+    """workdir/run.json records the model and the run config; resuming with a different model
+    is refused, and so is one with other data, batches or seed unless --config.resume_changes
+    names each changed key (the change is then recorded in run.json). Returns the record to
+    write once the run has started (None: it is there already and unchanged)."""
     # A gs:// model_dir is recorded as its URL, not as this host's cache path.
     record = run_record(source.config, c.model_dir if paths.is_remote(c.model_dir) else source.model_dir, c)
     if not (workdir / RUN_FILE).exists():
@@ -363,7 +403,45 @@ def _check_run_file(workdir: Path, source: ModelSource, c) -> dict[str, Any] | N
     previous = read_run_record(workdir)
     if previous.get("model_config") != record["model_config"]:
         raise SolarError(f"{workdir} holds a run of a different model; use another workdir")
-    return None
+    changed = _resume_differences(previous.get("config", {}), record["config"])
+    accepted = set(split_list(c.resume_changes))
+    refused = [k for k in changed if k not in accepted and k.split(".")[0] not in accepted]
+    if refused:
+        shown = "; ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise SolarError(f"resuming {workdir} with a changed {shown}: start another workdir, or accept the change "
+                         f"with --config.resume_changes={','.join(refused)} (recorded in {RUN_FILE})")
+    if not changed:
+        return None
+    history = [*previous.get("resume_changes", []), dict(
+        time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        changed={k: list(v) for k, v in changed.items()})]
+    _say("resuming with accepted changes: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    return dict(record, resume_changes=history)
+
+
+@contextlib.contextmanager
+def _one_run_per_workdir(lock, target: str):
+    """The workdir's lock, held by process 0 for the whole run (one lock per run, not per
+    host); every process refuses together if it is held. A workdir the lock created is
+    removed again if the run leaves it empty (a start refused before writing anything)."""
+    made = not paths.is_remote(target) and not Path(target).exists()
+    message = ""
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(locks.hold(lock, "workdir", target))
+            except SolarError as e:
+                message = str(e)
+        if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(np.int32(bool(message)))):
+            message = message or f"workdir {target} is in use by another run (process 0 names it)"
+        if message:
+            raise SolarError(message)
+        try:
+            yield
+        finally:
+            stack.close()
+            if made and Path(target).is_dir() and not any(Path(target).iterdir()):
+                Path(target).rmdir()
 
 
 @contextlib.contextmanager

@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.upscale_init = "copy"  # repeated layers: copy (SOLAR) | identity (start at the base's function) | scaled
     c.upscale_train = "all"  # all | new: only the repeated layers learn, the rest frozen (LLaMA Pro)
     c.workdir = ""
+    # Resuming a workdir whose run.json records other values of the keys that decide the
+    # model, data, batches and seed is refused; name the keys whose change you accept
+    # (comma-separated, e.g. "data.train_files,batch_size"): the change is recorded.
+    c.resume_changes = ""
     c.num_steps = 100
     c.batch_size = 8  # global, in sequences
     c.seq_len = 256
@@ -100,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
         # cpt: every row of the batch its own packed stream, so each host reads only the
         # documents of its rows (pods); False: one stream, every host packs the whole batch.
         stream_per_row=False,
+        # A token shard dir: check every file's sha256 against the manifest at start (each
+        # host; the time is printed). False skips it for very large corpora (sizes are
+        # always checked).
+        verify_shards=True,
         num_threads=0,  # grain read threads; 0 on small machines
         prefetch=0,
     ))

@@ -9,13 +9,17 @@ solar_jax.tokenize` does it once and writes OUT/:
                                       tokens are kept (empty, so indices match the text)
   shard-00000-of-00004.lengths.npy    int32 [documents]: each record's token count
   manifest.json                       format, tokenizer fingerprint, add_bos/add_eos, dtype,
-                                      per shard: documents, tokens, bytes, sha256
+                                      per shard: documents, tokens, bytes, sha256 (and the
+                                      lengths file's sha256)
 
 Training reads a shard dir given as data.train_files (or eval_files) like text files: the
 same seeded held-out split by document index, documents under 2 tokens dropped after the
 split, the same shuffle and packing, so the batches are exactly those of tokenizing the
 same text on the fly. Shards made by another tokenizer (fingerprint) or with other BOS/EOS
-settings are refused in one line.
+settings are refused in one line. Before training, each host checks every shard's size and
+(data.verify_shards, on by default) its sha256 against the manifest: a damaged shard is one
+line naming the file at start, not riegeli's "chunk data hash mismatch" hours in. A record
+that still fails to read names its shard file (DataReadError).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -76,13 +81,19 @@ def write_shard(path_stem: Path, token_lists: Sequence[Sequence[int]], dtype: np
             lengths[i] = len(ids)
     finally:
         writer.close()
-    np.save(path_stem.with_name(path_stem.name + ".lengths.npy"), lengths)
+    lengths_file = path_stem.with_name(path_stem.name + ".lengths.npy")
+    np.save(lengths_file, lengths)
+    return dict(file=records.name, lengths=lengths_file.name, documents=len(token_lists),
+                tokens=int(lengths.sum()), bytes=records.stat().st_size, sha256=sha256_of(records),
+                lengths_sha256=sha256_of(lengths_file))
+
+
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(records, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
-    return dict(file=records.name, lengths=path_stem.name + ".lengths.npy", documents=len(token_lists),
-                tokens=int(lengths.sum()), bytes=records.stat().st_size, sha256=digest.hexdigest())
+    return digest.hexdigest()
 
 
 def finish(out: Path, entries: list[dict[str, Any]], tokenizer, add_bos: bool, add_eos: bool) -> dict[str, Any]:
@@ -131,6 +142,23 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def verify_shards(path: str | os.PathLike, manifest: dict[str, Any]) -> float:
+    """Checks each shard's (and lengths file's) sha256 against the manifest; a damaged one is
+    one line naming the file. Returns the seconds it took."""
+    start = time.perf_counter()
+    for shard in manifest["shards"]:
+        for name, key in ((shard["file"], "sha256"), (shard["lengths"], "lengths_sha256")):
+            if key in shard and sha256_of(Path(path) / name) != shard[key]:
+                raise SolarError(f"{Path(path) / name} is damaged: its sha256 is not the manifest's; copy the "
+                                 "shard dir again or re-run solar_jax.tokenize")
+    return time.perf_counter() - start
+
+
+class DataReadError(SolarError):
+    """A record of a token shard could not be read (damaged after the start's check, or the
+    check was skipped); the message names the shard file."""
+
+
 def check_tokenizer(manifest: dict[str, Any], tokenizer, add_bos: bool, add_eos: bool, where: str) -> None:
     if manifest["tokenizer"]["fingerprint"] != fingerprint(tokenizer):
         raise SolarError(f"{where} was tokenized with another tokenizer (vocab {manifest['tokenizer']['vocab_size']}, "
@@ -148,6 +176,7 @@ class ShardDocuments:
     def __init__(self, path: str | os.PathLike, manifest: dict[str, Any], indices: np.ndarray, lengths: np.ndarray):
         self._path, self._dtype = Path(path), np.dtype(manifest["dtype"])
         self._files = [str(self._path / s["file"]) for s in manifest["shards"]]
+        self._starts = np.cumsum([0] + [s["documents"] for s in manifest["shards"]])  # [shards + 1]
         self._source = None  # opened on first read (and again in each grain worker)
         self.indices = np.asarray(indices, np.int64)
         self.total_tokens = int(lengths[self.indices].sum())
@@ -156,9 +185,15 @@ class ShardDocuments:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        if self._source is None:
-            self._source = grain.sources.ArrayRecordDataSource(self._files)
-        return np.frombuffer(self._source[int(self.indices[i])], self._dtype).astype(np.int32)
+        index = int(self.indices[i])
+        try:
+            if self._source is None:
+                self._source = grain.sources.ArrayRecordDataSource(self._files)
+            return np.frombuffer(self._source[index], self._dtype).astype(np.int32)
+        except Exception as e:  # riegeli's errors name no file
+            shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+            raise DataReadError(f"cannot read document {index} from {self._files[shard]} "
+                                f"({' '.join(str(e).split())[:160]})") from None
 
     def __getstate__(self):
         return dict(self.__dict__, _source=None)
@@ -167,10 +202,16 @@ class ShardDocuments:
         return f"ShardDocuments({self._path}, {len(self)} documents)"
 
 
-def load_documents(path: str, tokenizer, add_bos: bool, add_eos: bool) -> tuple[dict[str, Any], np.ndarray]:
-    """(manifest, token counts [documents]) of a shard dir, checked against the run's tokenizer."""
+def load_documents(path: str, tokenizer, data_cfg, say=print) -> tuple[dict[str, Any], np.ndarray]:
+    """(manifest, token counts [documents]) of a shard dir, checked against the run's tokenizer
+    and, when data_cfg.verify_shards, against the manifest's sha256 of every file."""
     manifest = read_manifest(path)
-    check_tokenizer(manifest, tokenizer, add_bos, add_eos, path)
+    check_tokenizer(manifest, tokenizer, data_cfg.add_bos, data_cfg.add_eos, path)
+    if data_cfg.verify_shards:
+        seconds = verify_shards(path, manifest)
+        size = sum(s["bytes"] for s in manifest["shards"])
+        say(f"checked the sha256 of {len(manifest['shards'])} token shard(s) of {path} ({size / 1e9:.2f} GB) in "
+            f"{seconds:.1f}s (--config.data.verify_shards=False skips it)")
     lengths = np.concatenate([np.load(Path(path) / s["lengths"]) for s in manifest["shards"]])
     if len(lengths) != manifest["documents"]:
         raise SolarError(f"{path}: the shards' lengths files hold {len(lengths)} documents, the manifest "
@@ -183,7 +224,7 @@ def usable(path: str, manifest: dict[str, Any], lengths: np.ndarray, indices: Se
     return ShardDocuments(path, manifest, [i for i in indices if lengths[i] >= 2], lengths)
 
 
-def all_documents(path: str, tokenizer, data_cfg) -> ShardDocuments:
+def all_documents(path: str, tokenizer, data_cfg, say=print) -> ShardDocuments:
     """Every usable document (a shard dir given as eval_files)."""
-    manifest, lengths = load_documents(path, tokenizer, data_cfg.add_bos, data_cfg.add_eos)
+    manifest, lengths = load_documents(path, tokenizer, data_cfg, say)
     return usable(path, manifest, lengths, range(len(lengths)))

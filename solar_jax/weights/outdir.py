@@ -10,21 +10,26 @@ uploaded on success: small files (config.json, manifests) last, so a reader that
 for config.json never sees a dir without its tensors. An object store has no rename, so a
 killed upload can leave a partial output; the next write then refuses it as non-empty
 until --config.overwrite=True, which removes it first.
+
+One writer per output: atomic_output_dir holds `.NAME.lock` beside the output (weights/
+locks.py) while it writes, and check_output_dir refuses an output another live process is
+writing, so two commands given one output_dir never replace each other's work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from solar_jax.errors import SolarError
-from solar_jax.weights import paths
+from solar_jax.weights import locks, paths
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool):
@@ -32,6 +37,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool):
     Returns a Path (an etils.epath.Path for a remote URL, which keeps its `gs://`)."""
     if not str(path):
         raise SolarError("output_dir is empty")
+    holder = locks.held_by_another(locks.sibling_lock(path))
+    if holder is not None:
+        raise locks.Busy(f"output_dir {path} is being written by {locks.describe(holder)}")
     if paths.is_remote(path):
         if paths.is_file(str(path)):
             raise SolarError(f"output_dir {path} exists and is not a directory")
@@ -44,6 +52,20 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool):
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SolarError(f"output_dir {out} is not empty (pass --config.overwrite=True to replace it)")
     return out
+
+
+def writes_output_dir(run: Callable[..., Any]) -> Callable[..., Any]:
+    """For a pipeline `run(c, ...)` that fills c.output_dir stage by stage: holds the output's
+    lock for the whole run, so a second pipeline given the same output_dir is refused in one
+    line instead of writing beside it."""
+    @functools.wraps(run)
+    def holding(c, *args, **kwargs):
+        if not c.output_dir:
+            return run(c, *args, **kwargs)  # run's own check names the missing key
+        with locks.hold(locks.sibling_lock(c.output_dir), "output_dir", c.output_dir):
+            return run(c, *args, **kwargs)
+
+    return holding
 
 
 def output_path(path: str | os.PathLike):
@@ -90,11 +112,19 @@ def _umask() -> int:
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling dir; on success it replaces `path`, on error it is removed."""
     if paths.is_remote(path):
-        with _remote_output_dir(str(path), overwrite) as tmp:
+        with locks.hold(locks.sibling_lock(path), "output_dir", path), _remote_output_dir(str(path), overwrite) as tmp:
             yield tmp
         return
     out = check_output_dir(path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with locks.hold(locks.sibling_lock(out), "output_dir", out):
+        with _local_output_dir(out, overwrite) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _local_output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    check_output_dir(out, overwrite)  # again, under the lock: another writer may have finished since
     remove_stale_siblings(out)
     tag = f"{_host()}-{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{tag}-", dir=out.parent))

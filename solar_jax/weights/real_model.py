@@ -80,7 +80,8 @@ def ensure_real_model(output_dir: Path | str = DEFAULT_DIR) -> Path:
     # Two processes may ask at once (parallel test workers, two commands on one host): the
     # first builds it under an exclusive lock, the others wait and then reuse it.
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(output_dir.parent / f".{output_dir.name}.lock", "w") as lock:
+    # (Its own lock file: atomic_output_dir takes .NAME.lock for the write itself.)
+    with open(output_dir.parent / f".{output_dir.name}.build-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (output_dir / "config.json").is_file():
             return output_dir
