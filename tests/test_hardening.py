@@ -328,16 +328,26 @@ def test_background_reports_are_held_then_dropped_on_failure_or_printed(capsys, 
 
 # ---- one writer per workdir and per output dir --------------------------------------------------
 
+def _try_lock(lock, what="workdir", target="w"):
+    """Another process taking the lock (it fails with the Busy line, or exits 0)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from solar_jax.weights import locks
+        with locks.hold({str(lock)!r}, {what!r}, {str(target)!r}):
+            pass""")], cwd=REPO, capture_output=True, text=True)
+
+
 def test_a_held_lock_refuses_a_second_holder_naming_the_first_and_a_killed_holder_leaves_none(tmp_path):
     from solar_jax.weights import locks
 
     lock = tmp_path / "run" / locks.WORKDIR_LOCK
     with locks.hold(lock, "workdir", tmp_path / "run"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
-        with pytest.raises(locks.Busy, match=rf"workdir {tmp_path / 'run'} is in use by pid {os.getpid()} on host "
-                                             r"\S+ since 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC \("):
-            with locks.hold(lock, "workdir", tmp_path / "run"):
-                pass
+        with locks.hold(lock, "workdir", tmp_path / "run"):  # re-entrant in the holding process
+            pass
+        assert lock.exists()
+        other = _try_lock(lock)
+        assert re.search(rf"Busy: workdir w is in use by pid {os.getpid()} on host \S+ since "
+                         r"20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC \(", other.stderr), other.stderr
     assert not lock.exists()  # released: removed
     # A holder SIGKILLed mid-run leaves its lock file, which binds nobody.
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -348,7 +358,7 @@ def test_a_held_lock_refuses_a_second_holder_naming_the_first_and_a_killed_holde
             time.sleep(600)""")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     assert locks.held_by_another(lock)["pid"] == holder.pid
-    with pytest.raises(locks.Busy, match=f"pid {holder.pid}"):
+    with pytest.raises(locks.Busy, match=f"workdir w is in use by pid {holder.pid}"):
         with locks.hold(lock, "workdir", "w"):
             pass
     holder.kill()
@@ -371,8 +381,6 @@ def test_an_output_dir_being_written_is_refused_to_a_second_writer(tmp_path):
             from solar_jax.weights.outdir import check_output_dir
             check_output_dir({str(out)!r}, True)""")], cwd=REPO, capture_output=True, text=True)
         assert other.returncode == 1 and f"output_dir {out} is being written by pid {os.getpid()}" in other.stderr
-        with pytest.raises(locks.Busy, match=f"output_dir {out} is in use by pid {os.getpid()}"):
-            with locks.hold(lock, "output_dir", out):
-                pass
+        assert f"Busy: output_dir {out} is in use by pid {os.getpid()}" in _try_lock(lock, "output_dir", out).stderr
     assert (out / "a").read_text() == "1" and not os.path.exists(lock)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -120,14 +120,11 @@ def _hold_local(lock_file: Path, what: str, target: str) -> Iterator[None]:
         raise SolarError(f"{what} {target}: cannot write its lock file {lock_file} ({e.strerror})") from None
     if fd is None:
         raise _busy(what, target, _read_local(lock_file))
-    key = str(lock_file.absolute())
-    _held.add(key)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(_record(uuid.uuid4().hex)).encode())
         yield
     finally:
-        _held.discard(key)
         with contextlib.suppress(OSError):
             lock_file.unlink()  # still locked: a waiting opener sees the inode change and retries
         os.close(fd)
@@ -236,10 +233,17 @@ def _hold_remote(url: str, what: str, target: str) -> Iterator[None]:
 def hold(lock_file: str | os.PathLike, what: str, target: str | os.PathLike) -> Iterator[None]:
     """Holds `lock_file` (a local path or a URL) while the block runs; refuses with Busy
     (one line naming the holder) if a live process holds it. `what target` names the
-    guarded thing in messages ("workdir /runs/a")."""
-    if paths.is_remote(lock_file):
-        with _hold_remote(str(lock_file), what, str(target)):
+    guarded thing in messages ("workdir /runs/a"). Re-entrant within a process: a pipeline
+    holding its output dir may write it through atomic_output_dir, which holds it too."""
+    key = str(lock_file) if paths.is_remote(lock_file) else str(Path(lock_file).absolute())
+    if key in _held:
+        yield
+        return
+    hold_one = _hold_remote(key, what, str(target)) if paths.is_remote(key) else _hold_local(Path(key), what,
+                                                                                             str(target))
+    with hold_one:
+        _held.add(key)
+        try:
             yield
-    else:
-        with _hold_local(Path(lock_file), what, str(target)):
-            yield
+        finally:
+            _held.discard(key)
