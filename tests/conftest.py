@@ -48,6 +48,20 @@ TINY = {
                                                           "factor": 2.0})),
     "mistral_window": ("MistralConfig", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                              sliding_window=5)),
+    "llama_bias": ("LlamaConfig", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       attention_bias=True)),
+    # Qwen2: q/k/v biases, tied embeddings; a sliding window on every layer (max_window_layers=0).
+    "qwen2_tied": ("Qwen2Config", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       tie_word_embeddings=True, rope_parameters={"rope_type": "default",
+                                                                                  "rope_theta": 1000000.0})),
+    "qwen2_window": ("Qwen2Config", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                                         tie_word_embeddings=False, use_sliding_window=True, sliding_window=5,
+                                         max_window_layers=0)),
+    # Qwen3: q/k norms, an explicit head_dim (24, not 64 / 4), untied, GQA; with attention_bias.
+    "qwen3_gqa": ("Qwen3Config", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                      tie_word_embeddings=False)),
+    "qwen3_bias": ("Qwen3Config", dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       head_dim=16, tie_word_embeddings=True, attention_bias=True)),
 }
 
 
@@ -69,6 +83,13 @@ def make_tiny_hf(name: str, path: Path, seed: int = 0, dtype: str = "float32", *
     config = getattr(transformers, cls_name)(**kwargs)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    # transformers starts biases at 0 and norms at 1: random ones (Qwen's norms, any model's
+    # biases), so that parity tests would see a bias or a q/k norm applied wrongly or not at all.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            norm = cls_name.startswith("Qwen") and "norm" in name
+            if name.endswith("bias") or norm:
+                p.copy_((1.0 if norm else 0.0) + 0.1 * torch.randn_like(p))
     if dtype != "float32":
         model.to(getattr(torch, dtype))
     model.save_pretrained(str(path))

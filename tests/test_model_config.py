@@ -37,7 +37,8 @@ def test_param_counts_match_smollm2():
     (dict(model_type="gpt2"), "supported: llama, mistral"),
     (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}), "supported: default, linear, llama3"),
     (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(attention_bias=True), "attention_bias"),
+    (dict(mlp_bias=True), "mlp_bias"),
+    (dict(model_type="mistral", attention_bias=True), "attention_bias=true in a mistral"),
 ])
 def test_unsupported_configs_are_named(bad, message):
     base = PRESETS["tiny"].to_hf_config()

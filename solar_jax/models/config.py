@@ -1,4 +1,12 @@
-"""ModelConfig: the architecture of a Llama/Mistral decoder, and its Hugging Face form.
+"""ModelConfig: the architecture of a Llama/Mistral/Qwen2/Qwen3 decoder, and its Hugging Face form.
+
+The four families are one decoder with a flag per difference (transformers' modeling files):
+  llama    attention_bias: a bias on q, k, v and o (off in every released Llama)
+  mistral  a sliding window on every layer; no biases
+  qwen2    a bias on q, k and v (never on o); often tied embeddings; a sliding window on
+           the layers from max_window_layers on when use_sliding_window
+  qwen3    an RMSNorm over each head of q and of k, before RoPE; an explicit head_dim;
+           attention_bias as Llama's; the sliding window as Qwen2's
 
 Only fields that change the math live here; run settings (dtype of compute, remat,
 attention kernel) are arguments of the model, and training settings live in the
@@ -13,9 +21,11 @@ from typing import Any
 
 from solar_jax.errors import SolarError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM"}
+_QWEN = ("qwen2", "qwen3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +56,12 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
-    sliding_window: int | None = None  # Mistral: key j is visible from query i iff i - W < j <= i
+    sliding_window: int | None = None  # every layer: key j is visible from query i iff i - W < j <= i
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 4096
+    qkv_bias: bool = False  # q, k and v projections add a bias (Qwen2; Llama/Qwen3 attention_bias)
+    o_bias: bool = False  # the output projection adds a bias (Llama/Qwen3 attention_bias)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -61,6 +74,12 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
             if getattr(self, name) <= 0:
                 raise SolarError(f"{name} must be positive, got {getattr(self, name)}")
+        layout = (self.qkv_bias, self.o_bias, self.qk_norm)
+        allowed = {"llama": [(False, False, False), (True, True, False)], "mistral": [(False, False, False)],
+                   "qwen2": [(True, False, False)], "qwen3": [(False, False, True), (True, True, True)]}
+        if layout not in allowed[self.model_type]:
+            raise SolarError(f"a {self.model_type} model cannot have qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, "
+                             f"qk_norm={self.qk_norm}")
 
     # ---- Hugging Face config.json <-> ModelConfig -------------------------------------
     @classmethod
@@ -72,9 +91,12 @@ class ModelConfig:
                 f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         if hf.get("hidden_act", "silu") != "silu":
             raise SolarError(f"unsupported hidden_act {hf['hidden_act']!r}; supported: silu")
-        for flag in ("attention_bias", "mlp_bias"):
-            if hf.get(flag):
-                raise SolarError(f"unsupported {flag}=true in config.json (Llama/Mistral without biases only)")
+        if hf.get("mlp_bias"):
+            raise SolarError("unsupported mlp_bias=true in config.json (MLPs without biases only)")
+        attention_bias = bool(hf.get("attention_bias", False))
+        if attention_bias and model_type == "mistral":
+            raise SolarError("unsupported attention_bias=true in a mistral config.json (transformers' Mistral "
+                             "has no biases)")
         missing = [k for k in REQUIRED_HF_KEYS if k not in hf]
         if missing:
             raise SolarError(f"config.json lacks {', '.join(missing)}")
@@ -85,7 +107,8 @@ class ModelConfig:
         num_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
         rope_theta, rope_scaling = _rope_from_hf(hf)
-        sliding_window = hf.get("sliding_window") if model_type == "mistral" else None
+        sliding_window = (hf.get("sliding_window") if model_type == "mistral" else
+                          _qwen_window(hf) if model_type in _QWEN else None)
         return cls(
             model_type=model_type,
             vocab_size=hf["vocab_size"],
@@ -101,6 +124,9 @@ class ModelConfig:
             sliding_window=sliding_window,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            o_bias=attention_bias and model_type != "qwen2",
+            qk_norm=model_type == "qwen3",
         )
 
     def to_hf_config(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -127,8 +153,17 @@ class ModelConfig:
         )
         if self.model_type == "mistral":
             hf["sliding_window"] = self.sliding_window
+        elif self.model_type in _QWEN:
+            # Per-layer keys are written for this depth (an up-scaled model has more layers
+            # than the base whose keys are kept).
+            windowed = self.sliding_window is not None
+            hf.update(use_sliding_window=windowed, sliding_window=self.sliding_window,
+                      max_window_layers=0 if windowed else self.num_layers,
+                      layer_types=["sliding_attention" if windowed else "full_attention"] * self.num_layers)
+            if self.model_type == "qwen3":
+                hf["attention_bias"] = self.o_bias
         else:
-            hf.update(attention_bias=False, mlp_bias=False)
+            hf.update(attention_bias=self.o_bias, mlp_bias=False)
             hf.pop("sliding_window", None)
         return hf
 
@@ -141,8 +176,9 @@ class ModelConfig:
         """Parameters per component (the embedding once when tied)."""
         d, h = self.hidden_size, self.head_dim
         attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
+        attn += h * (self.num_heads + 2 * self.num_kv_heads) * self.qkv_bias + d * self.o_bias
         mlp = 3 * d * self.intermediate_size
-        norms = 2 * d
+        norms = 2 * d + 2 * h * self.qk_norm
         counts = {
             "embed": self.vocab_size * d,
             "layers.attn": self.num_layers * attn,
@@ -156,6 +192,26 @@ class ModelConfig:
 
     def num_params(self) -> int:
         return sum(self.param_counts().values())
+
+
+def _qwen_window(hf: dict[str, Any]) -> int | None:
+    """The sliding window of a Qwen2/Qwen3 config.json, as transformers reads it: layer i is
+    windowed iff use_sliding_window and its layer_types entry (default: i >= max_window_layers)
+    is sliding_attention. All layers or none are supported; a mix is refused."""
+    window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+    layers = hf["num_hidden_layers"]
+    types = hf.get("layer_types") or ["sliding_attention" if window is not None and i >= hf.get(
+        "max_window_layers", 28) else "full_attention" for i in range(layers)]
+    if len(types) != layers or set(types) - {"sliding_attention", "full_attention"}:
+        raise SolarError(f"config.json: layer_types must list full_attention or sliding_attention for each of the "
+                         f"{layers} layers")
+    windowed = [t == "sliding_attention" and window is not None for t in types]
+    if any(windowed) and not all(windowed):
+        raise SolarError(f"config.json: a sliding window on {sum(windowed)} of {layers} layers (use_sliding_window, "
+                         "max_window_layers) is not supported: every layer or none")
+    if any(windowed) and (not isinstance(window, int) or window <= 0):
+        raise SolarError(f"config.json: sliding_window must be a positive integer, got {window!r}")
+    return window if all(windowed) else None
 
 
 def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
@@ -217,6 +273,14 @@ PRESETS = {
                               intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
                               head_dim=128, rms_norm_eps=1e-5, sliding_window=4096,
                               max_position_embeddings=32768),
+    # Qwen2.5-7B: q/k/v biases, GQA 28/4, a 152k vocabulary (config.json of Qwen/Qwen2.5-7B).
+    "qwen2.5-7b": ModelConfig(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                              num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6,
+                              rope_theta=1000000.0, max_position_embeddings=32768, qkv_bias=True),
+    # Qwen3-8B: q/k norms, GQA 32/8 (config.json of Qwen/Qwen3-8B).
+    "qwen3-8b": ModelConfig(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                            num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-6,
+                            rope_theta=1000000.0, max_position_embeddings=40960, qk_norm=True),
     # SOLAR 10.7B: the Llama-2 architecture with 48 layers (s = 2(32 - 8)).
     "solar-10.7b": ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                                num_layers=48, num_heads=32, num_kv_heads=8, head_dim=128,

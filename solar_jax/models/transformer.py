@@ -1,4 +1,4 @@
-"""Llama / Mistral decoder in Flax NNX, numerically matched to `transformers`.
+"""Llama / Mistral / Qwen2 / Qwen3 decoder in Flax NNX, numerically matched to `transformers`.
 
 Einsum letters: B batch, T query length, S key length, D model width, N query heads,
 K kv heads, G = N // K, H head dim, F mlp width, V vocab, L layers.
@@ -40,6 +40,14 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "layers/attn/k": ("layers", "kv_heads", "head_dim", "embed"),
     "layers/attn/v": ("layers", "kv_heads", "head_dim", "embed"),
     "layers/attn/o": ("layers", "embed", "heads", "head_dim"),
+    # Qwen2/Qwen3 (and Llama's attention_bias): biases split like their projection's output,
+    # o's bias [D] replicated as a norm is; q/k norms over the head dim.
+    "layers/attn/q_bias": ("layers", "heads", "head_dim"),
+    "layers/attn/k_bias": ("layers", "kv_heads", "head_dim"),
+    "layers/attn/v_bias": ("layers", "kv_heads", "head_dim"),
+    "layers/attn/o_bias": ("layers", "norm"),
+    "layers/attn/q_norm/scale": ("layers", "head_dim"),
+    "layers/attn/k_norm/scale": ("layers", "head_dim"),
     "layers/mlp_norm/scale": ("layers", "norm"),
     "layers/mlp/gate": ("layers", "mlp", "embed"),
     "layers/mlp/up": ("layers", "mlp", "embed"),
@@ -121,15 +129,32 @@ class Attention(nnx.Module):
         self.k = nnx.Param(_init(rngs, (k, h, d)))
         self.v = nnx.Param(_init(rngs, (k, h, d)))
         self.o = nnx.Param(_init(rngs, (d, n, h)))
+        # Optional parts (None: absent from the param tree). Biases start at zero, norms at
+        # one, as transformers initialises them.
+        zeros = lambda *shape: nnx.Param(jnp.zeros(shape, jnp.float32))  # noqa: E731
+        self.q_bias = zeros(n, h) if config.qkv_bias else None
+        self.k_bias = zeros(k, h) if config.qkv_bias else None
+        self.v_bias = zeros(k, h) if config.qkv_bias else None
+        self.o_bias = zeros(d) if config.o_bias else None
+        self.q_norm = RMSNorm(h, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.k_norm = RMSNorm(h, config.rms_norm_eps, dtype) if config.qk_norm else None
         self.dtype, self.impl, self.window = dtype, impl, config.sliding_window
+
+    def _project(self, x, weight, bias, norm, spec: str):
+        """x [B, T, D] -> heads [B, T, N|K, H]: the projection, its bias, its per-head norm
+        (transformers' order: Linear with bias, view as heads, q_norm/k_norm)."""
+        y = jnp.einsum(spec, x, weight[...].astype(self.dtype))
+        if bias is not None:
+            y = y + bias[...].astype(self.dtype)
+        return y if norm is None else norm(y)
 
     def __call__(self, x, sin, cos, mask, cache=None):
         """x [B, T, D]; mask [B, 1, T, S] bool, or segment ids [B, T] for splash (training);
         cache (k [B, S, K, H], v [B, S, K, H], index) or None."""
         cast = lambda p: p[...].astype(self.dtype)
-        q = rotary(jnp.einsum("BTD,NHD->BTNH", x, cast(self.q)), sin, cos)
-        k = rotary(jnp.einsum("BTD,KHD->BTKH", x, cast(self.k)), sin, cos)
-        v = jnp.einsum("BTD,KHD->BTKH", x, cast(self.v))
+        q = rotary(self._project(x, self.q, self.q_bias, self.q_norm, "BTD,NHD->BTNH"), sin, cos)
+        k = rotary(self._project(x, self.k, self.k_bias, self.k_norm, "BTD,KHD->BTKH"), sin, cos)
+        v = self._project(x, self.v, self.v_bias, None, "BTD,KHD->BTKH")
         new_cache = None
         if cache is not None:
             k_cache, v_cache, index = cache
@@ -141,7 +166,8 @@ class Attention(nnx.Module):
             out = attention_lib.splash(q, k, v, mask, self.window)
         else:
             out = attention_lib.dense(q, k, v, mask, self.impl)
-        return jnp.einsum("BTNH,DNH->BTD", out, cast(self.o)), new_cache
+        out = jnp.einsum("BTNH,DNH->BTD", out, cast(self.o))
+        return (out if self.o_bias is None else out + cast(self.o_bias)), new_cache
 
 
 class MLP(nnx.Module):

@@ -128,7 +128,8 @@ def repeated_layers(slices: Sequence[Slice]) -> list[bool]:
 
 
 INITS = ("copy", "identity", "scaled")
-OUTPUT_PROJECTIONS = ("layers/attn/o", "layers/mlp/down")  # what writes into the residual stream
+# What writes into the residual stream (o's bias too, where a model has one).
+OUTPUT_PROJECTIONS = ("layers/attn/o", "layers/attn/o_bias", "layers/mlp/down")
 
 
 def check_init(init: str) -> None:

@@ -55,7 +55,7 @@ def learning_rate_schedule(c) -> optax.Schedule:
 
 
 def decay_mask(params: dict, decay_embeddings: bool = False) -> dict:
-    """Weight decay on matrices: never on norms; on embeddings and lm_head only if asked."""
+    """Weight decay on matrices: never on norms or biases; on embeddings and lm_head only if asked."""
     def mask(tree, prefix=""):
         out = {}
         for k, v in tree.items():
@@ -64,7 +64,7 @@ def decay_mask(params: dict, decay_embeddings: bool = False) -> dict:
                 out[k] = mask(v, path)
             else:
                 embedding = path.startswith("embed/") or path.startswith("lm_head/")
-                out[k] = not path.endswith("/scale") and (decay_embeddings or not embedding)
+                out[k] = not path.endswith(("/scale", "_bias")) and (decay_embeddings or not embedding)
         return out
 
     return mask(params)

@@ -3,7 +3,7 @@
 `key_table(config)` lists every HF tensor with its place in the stacked param tree (path
 and layer index) and both shapes. Import walks it one direction, export the other; any
 missing, unexpected or duplicated tensor, or a wrong shape, is an error naming the key.
-HF Llama/Mistral q/k weights are already in rotate-half layout: no permutation.
+HF Llama/Mistral/Qwen q/k weights are already in rotate-half layout: no permutation.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ def _layer_entries(c: ModelConfig):
         ("mlp.gate_proj.weight", "layers/mlp/gate", (f, d), (f, d)),
         ("mlp.up_proj.weight", "layers/mlp/up", (f, d), (f, d)),
         ("mlp.down_proj.weight", "layers/mlp/down", (d, f), (d, f)),
+        *([("self_attn.q_proj.bias", "layers/attn/q_bias", (n, h), (n * h,)),
+           ("self_attn.k_proj.bias", "layers/attn/k_bias", (k, h), (k * h,)),
+           ("self_attn.v_proj.bias", "layers/attn/v_bias", (k, h), (k * h,))] if c.qkv_bias else []),
+        *([("self_attn.o_proj.bias", "layers/attn/o_bias", (d,), (d,))] if c.o_bias else []),
+        *([("self_attn.q_norm.weight", "layers/attn/q_norm/scale", (h,), (h,)),
+           ("self_attn.k_norm.weight", "layers/attn/k_norm/scale", (h,), (h,))] if c.qk_norm else []),
     ]
 
 
