@@ -175,3 +175,20 @@ def test_qwen_configs_transformers_reads_differently_are_refused(tiny_hf, tmp_pa
     (d / "config.json").write_text(json.dumps(config))
     with pytest.raises(SolarError, match=match):
         hf.load_hf(d)
+
+
+def test_a_qwen2_step_with_biases_compiles_for_a_tpu_slice_and_fits():
+    import dataclasses
+
+    from solar_jax.models.config import PRESETS
+    from solar_jax.training import compiled_plan
+    from solar_jax.training.run_config import base_config
+
+    # Qwen2.5-7B's head layout at a few layers: the biases and the 152k vocab sharded by the rules.
+    small = dataclasses.replace(PRESETS["qwen2.5-7b"], num_layers=2, hidden_size=896, intermediate_size=2048,
+                                num_heads=7, num_kv_heads=1)
+    c = base_config()
+    c.batch_size, c.seq_len, c.dtype, c.remat = 8, 1024, "bfloat16", "dots_no_batch"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    p = compiled_plan.compile_plan(c, small, "tpu-v5p", 4)
+    assert p.topology == "v5p:2x2x1" and p.kernel == "splash" and p.fits and p.memory["temporaries"] > 0
