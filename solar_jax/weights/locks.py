@@ -152,17 +152,25 @@ def held_by_another(lock_file: str | os.PathLike) -> dict[str, Any] | None:
 # ---- remote: create-if-absent object + heartbeat ---------------------------------------
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host lives (another user's live process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _alive_here(holder: dict[str, Any]) -> bool:
     """False only when the holder is a process of this host that is gone."""
     if holder.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
+        return pid_alive(int(holder.get("pid", -1)))
+    except (ValueError, OverflowError):
         return True
-    return True
 
 
 class _RemoteLock:

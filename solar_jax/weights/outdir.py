@@ -77,16 +77,6 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_stale_siblings(out: Path) -> list[Path]:
     """Removes `.OUT.tmp-HOST-PID-*` and `.OUT.old-HOST-PID` left by dead processes of this
     host (a live writer's, or another host's on a shared disk, are left alone)."""
@@ -96,7 +86,7 @@ def remove_stale_siblings(out: Path) -> list[Path]:
         return removed
     for sibling in out.parent.iterdir():
         m = pattern.match(sibling.name)
-        if m and int(m.group(2)) != os.getpid() and not _alive(int(m.group(2))):
+        if m and int(m.group(2)) != os.getpid() and not locks.pid_alive(int(m.group(2))):
             shutil.rmtree(sibling, ignore_errors=True)
             removed.append(sibling)
     return removed
