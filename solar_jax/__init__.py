@@ -7,8 +7,8 @@
     merged = sj.merge([a, b], method="slerp", t=0.5)
     sj.save_hf(model, "out_dir", dtype="bfloat16")
 
-The library is in layers, each importing only those below it: models -> weights -> surgery
--> training -> evaluation -> pipelines. The modules at this level (train, upscale, merge,
+The library is in layers, each importing only those below it: hardware -> models -> parallel
+-> weights -> surgery -> data -> inference -> training -> planning -> evaluation -> pipelines. The modules at this level (train, upscale, merge,
 ...) are the commands, `python -m solar_jax.X`.
 """
 
@@ -17,7 +17,7 @@ import types
 
 from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig
-from solar_jax.models.generate import generate
+from solar_jax.inference.generate import generate
 from solar_jax.models.transformer import Transformer
 from solar_jax.surgery.merge import merge
 from solar_jax.surgery.upscale import depth_up_scale

@@ -21,7 +21,8 @@ from solar_jax import background_errors, host_malloc
 from solar_jax.config_files import config_path, floats, load_config, split_list  # noqa: F401  (re-exported)
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.hardware import gpu
-from solar_jax.training import distributed, tpu
+from solar_jax.parallel import distributed
+from solar_jax.hardware import tpu
 
 # XLA CPU flags that were measured to help; they only touch CPU codegen. YNNPACK for dots
 # (1.14-1.25x on the train step on 2 cores against XLA's own dot emitter) and for reductions
@@ -174,7 +175,7 @@ def describe_failure(e: BaseException) -> tuple[str, int]:
 
 
 def define_distributed_flags() -> None:
-    """The multi-host start-up flags of the commands that train (training/distributed.py):
+    """The multi-host start-up flags of the commands that train (parallel/distributed.py):
     process settings, not part of a run config."""
     flags.DEFINE_enum("distributed", "auto", list(distributed.MODES), "multi-process start: auto (from the env), on, off")
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host GPU)")

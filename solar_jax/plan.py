@@ -18,9 +18,9 @@ from solar_jax import cli
 from solar_jax.errors import SolarError
 from solar_jax.hardware import gpu
 from solar_jax.hardware.chips import GPUS
-from solar_jax.training import tpu
-from solar_jax.training import compiled_plan
-from solar_jax.training.plan import parse_device, plan
+from solar_jax.hardware import tpu
+from solar_jax.planning import compiled as compiled_plan
+from solar_jax.training.memory import parse_device, plan
 from solar_jax.training.run_config import validate
 from solar_jax.training.state import resolve_model, trainable_mask
 

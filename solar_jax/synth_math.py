@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from solar_jax import cli
 from solar_jax.errors import SolarError
-from solar_jax.training.synth_math import write_sets
+from solar_jax.data.synth_math import write_sets
 
 
 def main(c) -> None:

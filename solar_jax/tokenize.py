@@ -1,5 +1,5 @@
 """python -m solar_jax.tokenize: tokenize a corpus once into ArrayRecord shards that training
-reads as data.train_files (solar_jax/training/token_shards.py).
+reads as data.train_files (solar_jax/data/token_shards.py).
 
   python -m solar_jax.tokenize --config=configs/tokenize.py --config.data_files='corpus/*.jsonl' \
       --config.model_dir=HF_DIR --config.output_dir=TOKENS

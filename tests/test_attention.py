@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from solar_jax.training import sharding
+from solar_jax.parallel import sharding
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
 from solar_jax.errors import SolarError

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_saved, kill_once
-from solar_jax.training import distributed
+from solar_jax.parallel import distributed
 from solar_jax.errors import SolarError
 from solar_jax.training.metrics import read_metrics
 from test_hf_io import hf_tensors

@@ -148,7 +148,7 @@ def test_lm_eval_adapter_gives_the_native_log_likelihoods(real_model_dir, lm):
 def test_scoring_on_a_mesh_of_8_devices_equals_one_device(lm):
     import jax
 
-    from solar_jax.training import sharding
+    from solar_jax.parallel import sharding
 
     assert jax.device_count() == 8
     meshed = LanguageModel(lm.model, lm.tokenizer, batch_size=8, max_len=512,

@@ -1,10 +1,9 @@
-import numpy as np
 import pytest
 import torch
 
 from solar_jax.weights import hf
 from solar_jax.errors import SolarError
-from solar_jax.models.generate import generate
+from solar_jax.inference.generate import generate
 
 
 @pytest.mark.parametrize("name", ["mistral_window", "llama_tied_llama3"])

@@ -11,7 +11,8 @@ from conftest import run_command
 from solar_jax.errors import SolarError
 from solar_jax.hardware import chips, gpu
 from solar_jax.models import attention
-from solar_jax.training import compiled_plan, hlo_stats, plan
+from solar_jax.planning import compiled as compiled_plan, hlo_stats
+from solar_jax.training import memory as plan
 from solar_jax.training.run_config import validate
 from test_tpu_compile import SMALL, _config
 
@@ -123,7 +124,8 @@ def test_replica_groups_in_every_form_xla_prints():
 
 
 def test_one_chip_table_feeds_the_planner_the_estimates_and_mfu():
-    from solar_jax.training import metrics, tpu
+    from solar_jax.training import metrics
+    from solar_jax.hardware import tpu
 
     assert tpu.CHIPS["tpu-v5p"] is chips.CHIPS["tpu-v5p"]
     assert plan.DEVICE_MEMORY["h100"] == chips.CHIPS["h100"].memory_bytes

@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO, run_command
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import data as data_lib
-from solar_jax.training import sft_data, task_data
+from solar_jax.data import text as text_lib
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.data import sft_data, task_data
 from solar_jax.training.checkpoint import check_free_space
 from solar_jax.training.metrics import MetricsWriter, read_metrics
 from solar_jax.training.runs import read_run_record
@@ -69,15 +70,15 @@ def test_unreadable_data_files_name_themselves(tmp_path):
     bad_text = tmp_path / "latin1.txt"
     bad_text.write_bytes("caf\xe9 au lait\n\nmore text".encode("latin-1"))
     with pytest.raises(SolarError, match=r"latin1.txt: not UTF-8 text \(byte 3"):
-        data_lib.read_documents([bad_text])
+        text_lib.read_documents([bad_text])
     bad_jsonl = tmp_path / "rows.jsonl"
     bad_jsonl.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
     with pytest.raises(SolarError, match="rows.jsonl: not UTF-8 text"):
-        data_lib.read_documents([bad_jsonl])
+        text_lib.read_documents([bad_jsonl])
     fake = tmp_path / "data.parquet"
     fake.write_text("this is not parquet")
     with pytest.raises(SolarError, match="data.parquet: not a readable parquet file"):
-        data_lib.read_documents([fake])
+        text_lib.read_documents([fake])
     with pytest.raises(SolarError, match="data.parquet: not a readable parquet file"):
         sft_data.read_rows(str(fake))
 
@@ -108,7 +109,7 @@ def test_merge_parameters_are_checked_against_their_meaning(tiny_hf, tmp_path):
 
 
 def test_rows_whose_prompts_are_all_empty_are_refused_and_some_are_counted():
-    tok = data_lib.ByteTokenizer()
+    tok = tokenizer_lib.ByteTokenizer()
     empty = [(f"f:{i}", {"prompt": " ", "completion": f"answer {i}"}) for i in range(3)]
     with pytest.raises(SolarError, match="every one of the 3 rows has an empty prompt"):
         sft_data.sft_examples(empty, "solar", tok, 64)

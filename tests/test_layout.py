@@ -14,7 +14,8 @@ from conftest import COMMAND_MODULES, REPO, run_command
 
 PACKAGE = REPO / "solar_jax"
 # Lowest first. A module may import its own layer and those below it.
-LAYERS = ["errors", "config_files", "hardware", "models", "weights", "surgery", "training", "evaluation", "pipelines"]
+LAYERS = ["errors", "config_files", "hardware", "models", "parallel", "weights", "surgery", "data", "inference",
+          "training", "planning", "evaluation", "pipelines"]
 # lm_eval is lm-eval's own command line (its flags, not a config: test_evaluate runs it).
 COMMANDS = [c for c in COMMAND_MODULES if c != "lm_eval"]
 

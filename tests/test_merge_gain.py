@@ -14,7 +14,7 @@ from conftest import REPO
 from solar_jax.config_files import load_config
 from solar_jax.pipelines.merging import spec_from_config
 from solar_jax.pipelines import merge_gain
-from solar_jax.training import docs_qa
+from solar_jax.data import docs_qa
 
 
 def test_docs_qa_is_deterministic_and_split_by_name():

@@ -11,10 +11,10 @@ from flax import nnx
 
 from conftest import REPO, run_command
 from solar_jax.models import transformer as model_lib
-from solar_jax.training import plan
+from solar_jax.training import memory as plan
 from solar_jax.training.state import state_layout
 from solar_jax.training.step import make_train_step
-from solar_jax.training import sharding
+from solar_jax.parallel import sharding
 from solar_jax.models.config import ModelConfig, preset
 from solar_jax.training.run_config import base_config
 

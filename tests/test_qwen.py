@@ -14,7 +14,7 @@ import transformers
 from solar_jax.errors import SolarError
 from solar_jax.evaluation.lm import LanguageModel
 from solar_jax.pipelines.merging import merge_dirs, spec_from_config
-from solar_jax.training import data as data_lib
+from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import read_metrics
 from solar_jax.weights import hf
@@ -146,7 +146,7 @@ def test_sft_and_dpo_train_a_qwen3_model(qwen_dirs, tmp_path, config_file):
 
 def test_scoring_a_qwen_model_equals_transformers_log_likelihoods(qwen_dirs):
     path = qwen_dirs["qwen2_tied"]
-    lm = LanguageModel(hf.load_hf(path), data_lib.ByteTokenizer(), batch_size=2)
+    lm = LanguageModel(hf.load_hf(path), tokenizer_lib.ByteTokenizer(), batch_size=2)
     pairs = [("The capital of France is", " Paris"), ("2 + 2 =", " 4"), ("def f(x):", "\n    return x")]
     got = [score for score, _ in lm.loglikelihood(pairs)]
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
@@ -181,7 +181,7 @@ def test_a_qwen2_step_with_biases_compiles_for_a_tpu_slice_and_fits():
     import dataclasses
 
     from solar_jax.models.config import PRESETS
-    from solar_jax.training import compiled_plan
+    from solar_jax.planning import compiled as compiled_plan
     from solar_jax.training.run_config import base_config
 
     # Qwen2.5-7B's head layout at a few layers: the biases and the 152k vocab sharded by the rules.

@@ -4,7 +4,6 @@ data glob, the workdir (metrics, run.json, TensorBoard), the checkpoints and the
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""The packed scoring engine (training/packing.py): shared contexts and continuation
+"""The packed scoring engine (inference/packing.py): shared contexts and continuation
 prefixes must give exactly what scoring each request on its own gives."""
 
 import functools
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from solar_jax.training import packing
+from solar_jax.inference import packing
 from solar_jax.evaluation.lm import LanguageModel
 from solar_jax.models.config import ModelConfig
 from solar_jax.models.transformer import Transformer

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from solar_jax.training import data as data_lib
-from solar_jax.training import synth_math
-from solar_jax.training import sft_data
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.data import synth_math
+from solar_jax.data import sft_data
 from solar_jax.errors import SolarError
 
 ROWS = [
@@ -21,7 +21,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def tok(real_model_dir):
-    return data_lib.load_tokenizer("", str(real_model_dir))
+    return tokenizer_lib.load_tokenizer("", str(real_model_dir))
 
 
 @pytest.mark.parametrize("template", sft_data.TEMPLATES)

@@ -12,8 +12,10 @@ import pytest
 
 from conftest import REPO, kill_once, load_config, metrics_reached, override, run_command
 from solar_jax.errors import SolarError
-from solar_jax.training import data as data_lib
-from solar_jax.training import token_shards
+from solar_jax.data import pretrain as pretrain_lib
+from solar_jax.data import text as text_lib
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.data import token_shards
 from solar_jax.training.metrics import read_metrics
 
 
@@ -22,7 +24,7 @@ def corpus(tmp_path_factory):
     """Three .jsonl files of the built-in corpus (an empty document and a one-character one
     among them) and a .txt file."""
     root = tmp_path_factory.mktemp("corpus")
-    docs = data_lib.builtin_documents("pydoc")[:90]
+    docs = text_lib.builtin_documents("pydoc")[:90]
     docs[5], docs[40] = " ", "x"  # dropped by read_documents / kept but under 2 tokens without BOS+EOS
     for i in range(3):
         with open(root / f"part{i}.jsonl", "w") as f:
@@ -43,15 +45,15 @@ def test_shards_hold_exactly_the_tokens_of_tokenizing_on_the_fly(corpus, real_mo
                   "--config.num_workers=2", "--config.add_eos=False")
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    files = data_lib.expand_files(f"{corpus}/*.jsonl,{corpus}/extra.txt")
-    docs = data_lib.read_documents(files)
+    files = text_lib.expand_files(f"{corpus}/*.jsonl,{corpus}/extra.txt")
+    docs = text_lib.read_documents(files)
     shards = -(-len(docs) // 16)
     assert manifest["documents"] == len(docs) and len(manifest["shards"]) == shards > 2
     assert manifest["dtype"] == "uint16" and manifest["add_eos"] is False
     assert [s["file"] for s in manifest["shards"]] == [f"shard-{i:05d}-of-{shards:05d}.array_record"
                                                        for i in range(shards)]
-    tokenizer = data_lib.load_tokenizer("", str(real_model_dir))
-    expected = data_lib.tokenize_documents(docs, tokenizer, add_bos=True, add_eos=False)
+    tokenizer = tokenizer_lib.load_tokenizer("", str(real_model_dir))
+    expected = text_lib.tokenize_documents(docs, tokenizer, add_bos=True, add_eos=False)
     cfg = load_config("cpt.py").data
     override(cfg, train_files=str(out), add_eos=False)
     read = token_shards.all_documents(str(out), tokenizer, cfg)
@@ -73,15 +75,15 @@ def byte_shards(tmp_path_factory):
 
 def test_training_batches_from_shards_equal_those_from_text(byte_shards):
     c = load_config("cpt.py", "tiny")
-    tokenizer = data_lib.load_tokenizer("bytes")
-    text = data_lib.load_corpus(c.data, tokenizer, c.seed)
+    tokenizer = tokenizer_lib.load_tokenizer("bytes")
+    text = pretrain_lib.load_corpus(c.data, tokenizer, c.seed)
     override(c, **{"data.train_files": str(byte_shards)})
-    shards = data_lib.load_corpus(c.data, tokenizer, c.seed)
+    shards = pretrain_lib.load_corpus(c.data, tokenizer, c.seed)
     assert isinstance(shards.train, token_shards.ShardDocuments)
     assert len(shards.train) == len(text.train) and shards.train_tokens == text.train_tokens
     assert all(np.array_equal(a, b) for a, b in zip(shards.eval, text.eval)) and len(shards.eval) == len(text.eval)
-    a = iter(data_lib.train_dataset(text.train, 64, 4, c.seed))
-    b = iter(data_lib.train_dataset(shards.train, 64, 4, c.seed))
+    a = iter(pretrain_lib.train_dataset(text.train, 64, 4, c.seed))
+    b = iter(pretrain_lib.train_dataset(shards.train, 64, 4, c.seed))
     for _ in range(30):
         x, y = next(a), next(b)
         assert all(np.array_equal(x[k], y[k]) for k in x)
@@ -91,10 +93,10 @@ def test_shards_of_another_tokenizer_or_settings_are_refused(byte_shards, real_m
     c = load_config("cpt.py", "tiny")
     override(c, **{"data.train_files": str(byte_shards)})
     with pytest.raises(SolarError, match="tokenized with another tokenizer"):
-        data_lib.load_corpus(c.data, data_lib.load_tokenizer("", str(real_model_dir)), c.seed)
+        pretrain_lib.load_corpus(c.data, tokenizer_lib.load_tokenizer("", str(real_model_dir)), c.seed)
     override(c, **{"data.add_bos": False, "data.add_eos": False})
     with pytest.raises(SolarError, match="tokenized with add_bos=True, add_eos=True but the run says add_bos=False"):
-        data_lib.load_corpus(c.data, data_lib.load_tokenizer("bytes"), c.seed)
+        pretrain_lib.load_corpus(c.data, tokenizer_lib.load_tokenizer("bytes"), c.seed)
 
 
 def test_a_truncated_shard_is_one_line(byte_shards, tmp_path):
@@ -196,13 +198,13 @@ def test_training_on_shards_resumes_exactly_after_sigkill(byte_shards, tmp_path)
 def test_a_process_reads_only_the_documents_of_its_rows(byte_shards, monkeypatch):
     c = load_config("cpt.py", "tiny")
     override(c, **{"data.train_files": str(byte_shards)})
-    train = data_lib.load_corpus(c.data, data_lib.load_tokenizer("bytes"), c.seed).train
+    train = pretrain_lib.load_corpus(c.data, tokenizer_lib.load_tokenizer("bytes"), c.seed).train
     read = []
     original = token_shards.ShardDocuments.__getitem__
     monkeypatch.setattr(token_shards.ShardDocuments, "__getitem__", lambda self, i: read.append(i) or original(self, i))
 
     def batches(rows, n=12):
-        it = data_lib.RowStreams(train, 64, 8, rows, c.seed)
+        it = pretrain_lib.RowStreams(train, 64, 8, rows, c.seed)
         out = [next(it) for _ in range(n)]
         return out, set(read)
 
@@ -213,6 +215,6 @@ def test_a_process_reads_only_the_documents_of_its_rows(byte_shards, monkeypatch
         assert all(np.array_equal(a[k][4:], b[k]) for k in a)
     assert len(half_read) <= 0.6 * len(all_read), (len(half_read), len(all_read))
     # Its checkpointed position only fits the same rows.
-    it = data_lib.RowStreams(train, 64, 8, [0, 1], c.seed)
+    it = pretrain_lib.RowStreams(train, 64, 8, [0, 1], c.seed)
     with pytest.raises(SolarError, match="resume on the same mesh and number of processes"):
-        it.set_state(data_lib.RowStreams(train, 64, 8, [4, 5], c.seed).get_state())
+        it.set_state(pretrain_lib.RowStreams(train, 64, 8, [4, 5], c.seed).get_state())

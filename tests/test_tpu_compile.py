@@ -14,7 +14,10 @@ import pytest
 
 from conftest import REPO, run_command
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import compiled_plan, hlo_stats, plan, sharding, tpu
+from solar_jax.planning import compiled as compiled_plan, hlo_stats
+from solar_jax.training import memory as plan
+from solar_jax.parallel import sharding
+from solar_jax.hardware import tpu
 from solar_jax.training.run_config import base_config
 
 # Mistral's head layout at a small width: 8 query heads of 128 over 2 kv heads.
@@ -275,7 +278,7 @@ def test_plan_compile_bad_input_is_one_line():
 
 def test_plan_compile_without_libtpu_is_one_line():
     # A CPU machine without jax's tpu extra: the lookup of libtpu finds nothing.
-    code = ("import runpy, sys; import solar_jax.training.tpu as t; t.libtpu_available = lambda: False; "
+    code = ("import runpy, sys; import solar_jax.hardware.tpu as t; t.libtpu_available = lambda: False; "
             "sys.argv = ['plan', '--config=configs/cpt.py:tiny', '--config.seq_len=128', '--device=v5p-8', "
             "'--compile']; runpy.run_module('solar_jax.plan', run_name='__main__')")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,

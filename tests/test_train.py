@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from solar_jax.training import data as data_lib
+from solar_jax.data import pretrain as pretrain_lib
+
+from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.host_malloc import hugepage_malloc_env
 from solar_jax.weights import hf
 from solar_jax.models import transformer as model_lib
-from solar_jax.training.losses import token_log_probs
+from solar_jax.inference.log_probs import token_log_probs
 from solar_jax.training.metrics import read_metrics
 from solar_jax.training.loop import train_and_evaluate
 from tests.conftest import REPO, checkpoint_saved, kill_once, load_config, override, run_command
@@ -38,8 +40,8 @@ def test_step_zero_loss_is_the_models_cross_entropy(tmp_path):
     c = tiny(num_steps=1, eval_every=1, checkpoint_every=1)
     result = train_and_evaluate(c, tmp_path / "run", devices=jax.devices()[:1])
     # The first batch, rebuilt independently, scored by the initial model in numpy.
-    corpus = data_lib.load_corpus(c.data, data_lib.ByteTokenizer(), c.seed)
-    batch = data_lib.model_batch(next(iter(data_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed))))
+    corpus = pretrain_lib.load_corpus(c.data, tokenizer_lib.ByteTokenizer(), c.seed)
+    batch = pretrain_lib.model_batch(next(iter(pretrain_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed))))
     from flax import nnx
 
     from solar_jax.models.config import preset
@@ -194,7 +196,7 @@ def test_packed_batch_gives_the_per_document_losses(tiny_hf):
     model = hf.load_hf(path)
     rng = np.random.default_rng(0)
     docs = [rng.integers(1, 128, n).astype(np.int32) for n in (9, 14, 6, 4)]  # 8+13+5+3 inputs: one row of 32
-    batch = data_lib.model_batch(data_lib.eval_batches(docs, 32, 2, 0)[0])
+    batch = pretrain_lib.model_batch(pretrain_lib.eval_batches(docs, 32, 2, 0)[0])
     assert list(np.unique(batch["segment_ids"][0])) == [0, 1, 2, 3, 4]
     logp = np.asarray(token_log_probs(model(jnp.asarray(batch["inputs"]), None, jnp.asarray(batch["segment_ids"])),
                                       jnp.asarray(batch["targets"])))

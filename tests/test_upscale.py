@@ -202,7 +202,8 @@ def test_training_only_the_new_layers_leaves_everything_else_as_loaded(tmp_path)
     import jax
 
     from solar_jax.models import transformer as model_lib
-    from solar_jax.training import runs, sharding
+    from solar_jax.training import runs
+    from solar_jax.parallel import sharding
     from solar_jax.training.loop import train_and_evaluate
     from solar_jax.training.state import initial_params, resolve_model, state_layout
     from tests.conftest import load_config, override

@@ -28,7 +28,9 @@ from solar_jax.errors import SolarError
 from solar_jax.models.config import preset
 from solar_jax.pipelines import tokenize as tokenize_lib
 from solar_jax.pipelines.recipe import resolve_model_dir
-from solar_jax.training import data as data_lib
+from solar_jax.data import pretrain as pretrain_lib
+from solar_jax.data import text as text_lib
+from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.training.metrics import PEAK_FLOPS, train_flops_per_token
 
 
@@ -54,8 +56,8 @@ def main(c: ml_collections.ConfigDict) -> None:
     print(f"need (estimate): {c.chips_per_host} x {c.chip} chips {source} on SOLAR 10.7B, seq {c.seq_len}: "
           f"{per_chip:,.0f} tokens/s per chip, {need:,.0f} per host")
     model_dir = str(resolve_model_dir(c.model_dir))
-    tokenizer = data_lib.load_tokenizer("", model_dir)
-    pieces = data_lib.builtin_documents("pydoc")
+    tokenizer = tokenizer_lib.load_tokenizer("", model_dir)
+    pieces = text_lib.builtin_documents("pydoc")
     docs = [pieces[i % len(pieces)] for i in range(c.documents)]
     with tempfile.TemporaryDirectory(prefix="bench-data-") as scratch:
         corpus = Path(scratch) / "corpus.jsonl"
@@ -64,10 +66,10 @@ def main(c: ml_collections.ConfigDict) -> None:
         cfg.data.train_files, cfg.seq_len, cfg.batch_size = str(corpus), c.seq_len, c.batch_size
 
         start = time.perf_counter()
-        text = data_lib.load_corpus(cfg.data, tokenizer, cfg.seed)
+        text = pretrain_lib.load_corpus(cfg.data, tokenizer, cfg.seed)
         prepare = time.perf_counter() - start
         tokens = text.train_tokens
-        packing = _pull(iter(data_lib.train_dataset(text.train, c.seq_len, c.batch_size, cfg.seed)), c.batches,
+        packing = _pull(iter(pretrain_lib.train_dataset(text.train, c.seq_len, c.batch_size, cfg.seed)), c.batches,
                         c.batch_size, c.seq_len)
         text_rate = 1 / (1 / (tokens / prepare) + 1 / packing)  # tokenizing, then packing, each token once
         print(f"text:     {tokens:,} tokens read + tokenized in {prepare:.1f} s, packed at {packing:,.0f} tokens/s: "
@@ -84,11 +86,11 @@ def main(c: ml_collections.ConfigDict) -> None:
               f"({tokens / written:,.0f} tokens/s, once per corpus)")
 
         cfg.data.train_files = str(shards)
-        sharded = data_lib.load_corpus(cfg.data, tokenizer, cfg.seed)
-        whole = _pull(iter(data_lib.train_dataset(sharded.train, c.seq_len, c.batch_size, cfg.seed)), c.batches,
+        sharded = pretrain_lib.load_corpus(cfg.data, tokenizer, cfg.seed)
+        whole = _pull(iter(pretrain_lib.train_dataset(sharded.train, c.seq_len, c.batch_size, cfg.seed)), c.batches,
                       c.batch_size, c.seq_len)
         rows = c.batch_size // c.hosts
-        streams = data_lib.RowStreams(sharded.train, c.seq_len, c.batch_size, range(rows), cfg.seed)
+        streams = pretrain_lib.RowStreams(sharded.train, c.seq_len, c.batch_size, range(rows), cfg.seed)
         host = _pull(streams, c.batches, rows, c.seq_len)
         print(f"shards:   the whole batch at {whole:,.0f} tokens/s ({whole / need:.1f}x the need); "
               f"stream_per_row, one host's {rows} of {c.batch_size} rows: {host:,.0f} tokens/s "

@@ -20,7 +20,7 @@ import numpy as np
 
 from solar_jax.bench.common import gib, median, run_worker
 from solar_jax.errors import SolarError
-from solar_jax.training import synth_math
+from solar_jax.data import synth_math
 from solar_jax.weights.real_model import ensure_real_model
 
 

@@ -2,7 +2,7 @@
 analysis of the real train step, on fake CPU devices (1 device and fsdp=4), per remat policy.
 
 Prints estimate / compiled for the temporaries (activations + gradients); the coefficients in
-solar_jax/training/plan.py were fitted to such measurements (with the XLA flags the commands set).
+solar_jax/training/memory.py were fitted to such measurements (with the XLA flags the commands set).
 """
 
 import os
@@ -15,7 +15,8 @@ from flax import nnx
 from solar_jax.errors import SolarError
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig, preset
-from solar_jax.training import plan, sharding
+from solar_jax.training import memory as plan
+from solar_jax.parallel import sharding
 from solar_jax.training.run_config import base_config
 from solar_jax.training.state import state_layout
 from solar_jax.training.step import make_train_step

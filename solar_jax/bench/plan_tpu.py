@@ -23,7 +23,8 @@ from solar_jax.cli import split_list
 from solar_jax.errors import SolarError
 from solar_jax.hardware.chips import CHIPS
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import compiled_plan, plan
+from solar_jax.planning import compiled as compiled_plan
+from solar_jax.training import memory as plan
 from solar_jax.training.run_config import base_config, validate
 from solar_jax.training.state import resolve_model
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from solar_jax.cli import split_list
 from solar_jax.config_files import get_key, load_config
 from solar_jax.errors import SolarError
-from solar_jax.training import compiled_plan, plan
+from solar_jax.planning import compiled as compiled_plan
+from solar_jax.training import memory as plan
 from solar_jax.training.run_config import validate
 from solar_jax.training.state import resolve_model
 

@@ -37,7 +37,9 @@ from solar_jax.errors import SolarError
 from solar_jax.hardware import gpu
 from solar_jax.hardware.chips import CHIPS, GPUS
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import compiled_plan, plan, tpu
+from solar_jax.planning import compiled as compiled_plan
+from solar_jax.training import memory as plan
+from solar_jax.hardware import tpu
 from solar_jax.training.state import resolve_model
 
 GiB = 2**30

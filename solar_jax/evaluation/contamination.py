@@ -22,9 +22,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from solar_jax.training.data import expand_files
-from solar_jax.training.data import jsonl_rows
-from solar_jax.training.data import read_documents
+from solar_jax.data.text import expand_files
+from solar_jax.data.text import jsonl_rows
+from solar_jax.data.text import read_documents
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 

@@ -5,7 +5,7 @@ loglikelihood_rolling(text) -> sum log p(text) (windows of max_len, the first fr
 generate_until(context, stop sequences, max tokens) -> text
 Context and continuation are encoded as the harness does: trailing spaces of the context
 move to the continuation, the continuation's tokens are those of the whole string past
-the context's own tokens. Scoring requests go to the packed engine (training/scoring.py):
+the context's own tokens. Scoring requests go to the packed engine (inference/scoring.py):
 requests that share a context (the choices of a question) run it once, shared prefixes of
 continuations run once, and the vocab projection runs only where a token is scored.
 """
@@ -16,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from solar_jax.models.generate import generate
+from solar_jax.inference.generate import generate
 from solar_jax.models.transformer import Transformer
-from solar_jax.training import packing
-from solar_jax.training.scoring import PackedScorer
+from solar_jax.inference import packing
+from solar_jax.inference.scoring import PackedScorer
 
 
 class LanguageModel:

@@ -13,7 +13,7 @@ import numpy as np
 
 from solar_jax.weights import hf
 from solar_jax.errors import SolarError
-from solar_jax.models.generate import generate
+from solar_jax.inference.generate import generate
 
 
 def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:

@@ -33,9 +33,9 @@ from solar_jax.errors import SolarError
 from solar_jax.evaluation.lm import LanguageModel
 from solar_jax.models import transformer as model_lib
 from solar_jax.training.runs import load_params_any
-from solar_jax.training import data as data_lib
-from solar_jax.training import sharding
-from solar_jax.training.data import jsonl_rows
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.parallel import sharding
+from solar_jax.data.text import jsonl_rows
 from solar_jax.weights import paths
 
 FEWSHOT_DELIMITER = "\n\n"
@@ -276,7 +276,7 @@ def load_for_eval(path: str, dtype: str = "float32"):
     """An HF dir or a solar_jax run dir -> (Transformer, tokenizer)."""
     params, config, tokenizer_dir = load_params_any(path)
     model = model_lib.model_from_params(config, params, dtype=dtype)
-    tokenizer = data_lib.load_tokenizer("", tokenizer_dir) if tokenizer_dir else None
+    tokenizer = tokenizer_lib.load_tokenizer("", tokenizer_dir) if tokenizer_dir else None
     if tokenizer is None:
         raise SolarError(f"{path}: no tokenizer (the run's model had none)")
     return model, tokenizer

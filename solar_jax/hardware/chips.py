@@ -1,7 +1,7 @@
 """One table of accelerator chips, TPU and GPU: the figures every planner, report and MFU reads.
 
 Each entry says where its figures come from. Three uses read it: the memory planner
-(training/plan.py: memory per device), plan --compile's step estimate (training/compiled_plan.py:
+(training/memory.py: memory per device), plan --compile's step estimate (planning/compiled.py:
 peak FLOP/s, interconnect bandwidth) and the MFU a run reports (training/metrics.py: peak FLOP/s
 by jax's device_kind). GPU entries also carry what XLA's GPU compiler needs to compile for the
 chip with none attached (hardware/gpu.py renders it as a GpuTargetConfigProto).

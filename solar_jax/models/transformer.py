@@ -97,7 +97,7 @@ def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, j
 
 
 def tree_attention_mask(items, reach, positions, sliding_window: int | None):
-    """Boolean [B, 1, T, T] for rows of items laid out depth-first (training/packing.py):
+    """Boolean [B, 1, T, T] for rows of items laid out depth-first (inference/packing.py):
     query q sees key k iff same item and k <= q <= reach[k] (k is q or an ancestor of q),
     and inside the sliding window by position, as in each branch's own sequence."""
     q, k = jnp.arange(items.shape[1])[:, None], jnp.arange(items.shape[1])[None, :]

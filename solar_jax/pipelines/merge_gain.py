@@ -6,7 +6,7 @@ merge_gain.png; every number comes from this run.
 
   base         model_dir (a continued-pretrained model; "" = the real model)
   candidate A  SFT on Synth. Math-Instruct (then DPO on Math-Alignment if dpo_a.num_steps > 0)
-  candidate B  SFT on Python-docs QA (training/docs_qa.py: "what does X do" -> the docstring)
+  candidate B  SFT on Python-docs QA (data/docs_qa.py: "what does X do" -> the docstring)
   skills       held-out loss on each skill's held-out split (response tokens only), and
                greedy exact match on held-out math problems (the only checkable answers)
   merges       Average(a, 1 - a), SLERP(t), task arithmetic, TIES, DARE-TIES and DARE-linear
@@ -39,8 +39,8 @@ from solar_jax.pipelines.merging import merge_dirs, spec_from_config
 from solar_jax.pipelines.recipe import fresh_output_dir, output_file, resolve_model_dir, stage_config
 from solar_jax.pipelines.stage_eval import heldout_loss, math_exact_match
 from solar_jax.surgery.merge_math import DOT_THRESHOLD
-from solar_jax.training import data as data_lib
-from solar_jax.training import docs_qa, sft_data, synth_math
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.data import docs_qa, sft_data, synth_math
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.weights import hf
 from solar_jax.weights.outdir import check_output_dir, publish_output_dir, writes_output_dir
@@ -224,7 +224,7 @@ def run(c) -> dict[str, Any]:
     base_dir = str(resolve_model_dir(c.model_dir))
     out = fresh_output_dir(c.output_dir, c.overwrite)
     t0 = time.perf_counter()
-    tokenizer = data_lib.load_tokenizer("", base_dir)
+    tokenizer = tokenizer_lib.load_tokenizer("", base_dir)
     docs_train, docs_held, n_train, n_held = write_docs_qa(out, c.docs_eval_fraction)
     skills = build_skills(c, tokenizer, (docs_train, docs_held))
     cand = train_candidates(c, base_dir, out, (docs_train, docs_held))

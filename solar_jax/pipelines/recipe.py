@@ -23,9 +23,9 @@ from solar_jax.pipelines.stage_eval import evaluate_stage
 from solar_jax.pipelines.stage_eval import math_prompt
 from solar_jax.surgery import merge, streaming
 from solar_jax.surgery import upscale
-from solar_jax.training import data as data_lib
-from solar_jax.training import synth_math
-from solar_jax.training import task_data
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.data import synth_math
+from solar_jax.data import task_data
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import plot_loss_curve
 from solar_jax.weights import hf, paths
@@ -125,7 +125,7 @@ def run_recipe(r) -> dict[str, Any]:
     out = fresh_output_dir(r.output_dir, r.overwrite)
     base_config = ModelConfig.from_hf_config(hf.read_hf_config(model_dir))
     (out / "base").symlink_to(model_dir.absolute(), target_is_directory=True)
-    tokenizer = data_lib.load_tokenizer("", str(model_dir))
+    tokenizer = tokenizer_lib.load_tokenizer("", str(model_dir))
     cpt_c = stage_config("cpt.py", r.cpt, model_dir=str(out / "upscaled"), upscale_m=-1, workdir=str(out / "cpt"))
     data = build_stage_data(cpt_c, tokenizer, r.eval, r.sft.num_builtin)
     clock = _Clock(len(STAGES) + 1)

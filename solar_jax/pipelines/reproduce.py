@@ -32,7 +32,7 @@ from solar_jax.pipelines import seam as seam_report
 from solar_jax.pipelines.stage_eval import heldout_loss
 from solar_jax.surgery import merge, streaming
 from solar_jax.surgery import seam, upscale
-from solar_jax.training import data as data_lib
+from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.metrics import read_metrics
 from solar_jax.weights import hf, paths
@@ -164,7 +164,7 @@ def run(c) -> dict[str, Any]:
     n = base.num_layers
     plan_arms(c, n, np.zeros((n + 1, n + 1)))  # checks seam_m, arms and compare_m before any work
     out = fresh_output_dir(c.output_dir, c.overwrite)
-    tokenizer = data_lib.load_tokenizer("", str(model_dir))
+    tokenizer = tokenizer_lib.load_tokenizer("", str(model_dir))
     t0 = time.perf_counter()
     results: dict[str, Any] = dict(base_layers=n, seam={}, merging={})
 

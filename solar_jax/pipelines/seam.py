@@ -18,7 +18,8 @@ from solar_jax.errors import SolarError
 from solar_jax.evaluation.tasks import load_for_eval
 from solar_jax.pipelines.recipe import resolve_model_dir
 from solar_jax.surgery import seam
-from solar_jax.training import data as data_lib
+from solar_jax.data import pretrain as pretrain_lib
+from solar_jax.data import text as text_lib
 from solar_jax.weights.outdir import atomic_output_dir, check_output_dir, writes_output_dir
 
 
@@ -30,21 +31,21 @@ def text_batches(tokenizer, c) -> list[dict[str, np.ndarray]]:
     if c.num_sequences % c.batch_size:
         raise SolarError(f"num_sequences ({c.num_sequences}) must be a multiple of batch_size ({c.batch_size})")
     if c.data_files:
-        docs = data_lib.read_documents(data_lib.expand_files(c.data_files), c.text_field)
+        docs = text_lib.read_documents(text_lib.expand_files(c.data_files), c.text_field)
     else:
-        docs = data_lib.builtin_documents(c.builtin)
+        docs = text_lib.builtin_documents(c.builtin)
     # Tokenize only what the rows need (x1.1 for the documents' last, shifted-off token).
     wanted, tokens, have = int(c.num_sequences * (c.seq_len + 1) * 1.1), [], 0
     for start in range(0, len(docs), 64):
-        new = data_lib.tokenize_documents(docs[start:start + 64], tokenizer)
+        new = text_lib.tokenize_documents(docs[start:start + 64], tokenizer)
         tokens += new
         have += sum(len(t) for t in new)
         if have >= wanted:
             break
     if not tokens:
         raise SolarError(f"the text is empty ({c.data_files or c.builtin}): nothing to run the model on")
-    batches = data_lib.eval_batches(tokens, c.seq_len, c.batch_size, c.num_sequences // c.batch_size)
-    return [{k: v for k, v in data_lib.model_batch(b).items() if k in ("inputs", "segment_ids")} for b in batches]
+    batches = pretrain_lib.eval_batches(tokens, c.seq_len, c.batch_size, c.num_sequences // c.batch_size)
+    return [{k: v for k, v in pretrain_lib.model_batch(b).items() if k in ("inputs", "segment_ids")} for b in batches]
 
 
 @writes_output_dir

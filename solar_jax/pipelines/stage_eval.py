@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from solar_jax.training import sft_data
+from solar_jax.data import sft_data
 from solar_jax.evaluation.tasks import extract_answer, normalize_number
 from solar_jax.evaluation.lm import LanguageModel
 from solar_jax.evaluation.tasks import load_for_eval

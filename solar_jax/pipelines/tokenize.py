@@ -2,7 +2,7 @@
 
 Documents are read file by file, in order (data.read_documents' rules: .txt paragraphs,
 .jsonl/.parquet text fields), cut into shards of documents_per_shard and tokenized by
-num_workers processes at a time; training/token_shards.py says what is written and how training
+num_workers processes at a time; data/token_shards.py says what is written and how training
 reads it.
 """
 
@@ -19,8 +19,9 @@ import numpy as np
 
 from solar_jax.errors import SolarError
 from solar_jax.pipelines.recipe import resolve_model_dir
-from solar_jax.training import data as data_lib
-from solar_jax.training import token_shards
+from solar_jax.data import text as text_lib
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.data import token_shards
 from solar_jax.weights.outdir import atomic_output_dir, check_output_dir
 
 
@@ -28,11 +29,11 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(tokenizer_spec: str, model_dir: str | None) -> None:
-    _WORKER["tokenizer"] = data_lib.load_tokenizer(tokenizer_spec, model_dir)
+    _WORKER["tokenizer"] = tokenizer_lib.load_tokenizer(tokenizer_spec, model_dir)
 
 
 def _worker_shard(path_stem: str, docs: list[str], add_bos: bool, add_eos: bool, dtype: str) -> dict[str, Any]:
-    ids = data_lib.tokenize_documents(docs, _WORKER["tokenizer"], add_bos, add_eos, min_tokens=0)
+    ids = text_lib.tokenize_documents(docs, _WORKER["tokenizer"], add_bos, add_eos, min_tokens=0)
     return token_shards.write_shard(Path(path_stem), ids, np.dtype(dtype))
 
 
@@ -57,7 +58,7 @@ def write_shards(docs: Iterable[str], tokenizer, tokenizer_spec: tuple[str, str 
     entries: list[dict[str, Any]] = []
     if num_workers <= 1:
         for i, chunk in enumerate(chunks):
-            ids = data_lib.tokenize_documents(chunk, tokenizer, add_bos, add_eos, min_tokens=0)
+            ids = text_lib.tokenize_documents(chunk, tokenizer, add_bos, add_eos, min_tokens=0)
             entries.append(token_shards.write_shard(out / f"part-{i:05d}", ids, dtype))
     else:
         context = multiprocessing.get_context("spawn")  # fork would copy the tokenizer's threads
@@ -77,10 +78,10 @@ def documents(c) -> Iterator[str]:
     """The documents of data_files (file by file, so one file is in memory at a time), or of
     the built-in corpus."""
     if not c.data_files:
-        yield from data_lib.builtin_documents(c.builtin)
+        yield from text_lib.builtin_documents(c.builtin)
         return
-    for path in data_lib.expand_files(c.data_files):
-        yield from data_lib.read_documents([path], c.text_field)
+    for path in text_lib.expand_files(c.data_files):
+        yield from text_lib.read_documents([path], c.text_field)
 
 
 def run(c) -> dict[str, Any]:
@@ -90,9 +91,9 @@ def run(c) -> dict[str, Any]:
     if c.documents_per_shard <= 0:
         raise SolarError(f"documents_per_shard must be positive, got {c.documents_per_shard}")
     model_dir = None if c.tokenizer else str(resolve_model_dir(c.model_dir))
-    tokenizer = data_lib.load_tokenizer(c.tokenizer, model_dir)
+    tokenizer = tokenizer_lib.load_tokenizer(c.tokenizer, model_dir)
     if c.data_files:
-        data_lib.expand_files(c.data_files)  # a missing file: one line before anything is written
+        text_lib.expand_files(c.data_files)  # a missing file: one line before anything is written
     workers = c.num_workers if c.num_workers > 0 else (os.cpu_count() or 1)
     start = time.perf_counter()
     with atomic_output_dir(c.output_dir, c.overwrite) as tmp:

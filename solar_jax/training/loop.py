@@ -29,9 +29,10 @@ from tqdm import tqdm
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import data as data_lib
-from solar_jax.training import plan as plan_lib
-from solar_jax.training import sharding, task_data, token_shards
+from solar_jax.data import tokenizers as tokenizer_lib
+from solar_jax.training import memory as memory_lib
+from solar_jax.parallel import sharding
+from solar_jax.data import task_data, token_shards
 from solar_jax.training.checkpoint import Checkpointer
 from solar_jax.training.metrics import MetricsWriter, device_peak_flops, plot_loss_curve, train_flops_per_token
 from solar_jax.training.optim import learning_rate_schedule
@@ -68,16 +69,16 @@ def model_summary(config: ModelConfig, mesh) -> str:
     return "\n".join(lines)
 
 
-def check_memory(c, config: ModelConfig, devices: list) -> plan_lib.Plan:
+def check_memory(c, config: ModelConfig, devices: list) -> memory_lib.Plan:
     """The planner's per-device estimate against the device's memory, before anything is
     loaded or compiled; a config that cannot fit is refused with the numbers."""
-    device, limit = plan_lib.local_device_name()
+    device, limit = memory_lib.local_device_name()
     local = [d for d in devices if d.process_index == jax.process_index()]
-    p = plan_lib.plan(c, config, device, len(devices), num_local_devices=len(local), capacity=limit)
+    p = memory_lib.plan(c, config, device, len(devices), num_local_devices=len(local), capacity=limit)
     if p.fits is False and c.memory_check:
-        parts = ", ".join(f"{k} {v / plan_lib.GiB:.2f}" for k, v in p.per_device.items())
-        raise SolarError(f"the config needs ~{p.total / plan_lib.GiB:.1f} GiB per device ({parts}) but a {device} "
-                         f"device has {p.capacity / plan_lib.GiB:.1f} GiB; shard more (mesh.fsdp), accumulate "
+        parts = ", ".join(f"{k} {v / memory_lib.GiB:.2f}" for k, v in p.per_device.items())
+        raise SolarError(f"the config needs ~{p.total / memory_lib.GiB:.1f} GiB per device ({parts}) but a {device} "
+                         f"device has {p.capacity / memory_lib.GiB:.1f} GiB; shard more (mesh.fsdp), accumulate "
                          f"(grad_accum_steps), remat=full, or lower batch_size/seq_len "
                          f"(memory_check=False runs anyway)")
     return p
@@ -140,7 +141,7 @@ def _train_in(c, mirror, workdir: Path, checkpoint_dir, devices: list, verbose: 
     """train_and_evaluate once the workdir is this run's."""
     source = resolve_model(c)
     check_seq_len(c, source.config.max_position_embeddings)
-    tokenizer = data_lib.load_tokenizer(c.tokenizer, source.model_dir)
+    tokenizer = tokenizer_lib.load_tokenizer(c.tokenizer, source.model_dir)
     if tokenizer.vocab_size > source.config.vocab_size:
         raise SolarError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is "
                          f"{source.config.vocab_size}")

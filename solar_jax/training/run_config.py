@@ -13,10 +13,10 @@ from solar_jax.models.attention import check_seq_len as check_attention_seq_len
 from solar_jax.models.transformer import ATTENTION_IMPLS
 from solar_jax.models.transformer import DTYPES
 from solar_jax.models.transformer import LOGITS_DTYPES, REMAT_POLICIES
-from solar_jax.training import sharding
+from solar_jax.parallel import sharding
 from solar_jax.training.losses import DPO_LOSSES
-from solar_jax.training.sft_data import check_template
-from solar_jax.training.task_data import TASKS
+from solar_jax.data.sft_data import check_template
+from solar_jax.data.task_data import TASKS
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -17,7 +17,7 @@ import ml_collections
 
 from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import sharding
+from solar_jax.parallel import sharding
 from solar_jax.training.checkpoint import Checkpointer
 from solar_jax.training.state import state_layout
 from solar_jax.weights import hf, paths

@@ -19,7 +19,7 @@ from solar_jax.errors import SolarError
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig, preset
 from solar_jax.surgery import upscale as upscale_lib
-from solar_jax.training import sharding
+from solar_jax.parallel import sharding
 from solar_jax.training.checkpoint import abstract_like
 from solar_jax.training.optim import make_optimizer
 from solar_jax.weights import hf, paths

@@ -12,11 +12,12 @@ from flax import nnx
 
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
-from solar_jax.training import data as data_lib
-from solar_jax.training import sft_data, sharding
+from solar_jax.data import pretrain as pretrain_lib
+from solar_jax.data import sft_data
+from solar_jax.parallel import sharding
 from solar_jax.training.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
 from solar_jax.training.optim import global_norm
-from solar_jax.training.scoring import PackedScorer
+from solar_jax.inference.scoring import PackedScorer
 
 
 def objective_for(c, graphdef) -> Objective:
@@ -117,7 +118,7 @@ def make_eval_step(graphdef, objective: Objective | None = None):
     return eval_step
 
 
-def evaluate(eval_fn, params, batches, mesh, to_model=data_lib.model_batch, ref=None) -> dict[str, float]:
+def evaluate(eval_fn, params, batches, mesh, to_model=pretrain_lib.model_batch, ref=None) -> dict[str, float]:
     """Held-out loss (and the objective's metrics), weighted by each batch's denominator."""
     total, denom, sums = 0.0, 0.0, {}
     for b in batches:

@@ -16,8 +16,9 @@ from flax import nnx
 
 from solar_jax.errors import SolarError
 from solar_jax.models import transformer as model_lib
-from solar_jax.training import packing, sharding
-from solar_jax.training.losses import token_log_probs
+from solar_jax.inference import packing
+from solar_jax.parallel import sharding
+from solar_jax.inference.log_probs import token_log_probs
 
 
 def _score_columns(graphdef, state, tokens, positions, items, reach, columns, targets):

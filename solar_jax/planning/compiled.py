@@ -42,12 +42,14 @@ from solar_jax.hardware.chips import CHIPS, GPUS
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import ModelConfig
-from solar_jax.training import hlo_stats, sharding, tpu
-from solar_jax.training import plan as plan_lib
+from solar_jax.planning import hlo_stats
+from solar_jax.parallel import sharding
+from solar_jax.hardware import tpu
+from solar_jax.training import memory as plan_lib
 from solar_jax.training.run_config import validate
 from solar_jax.training.state import state_layout
 from solar_jax.training.step import lower_train_step, model_options, objective_for
-from solar_jax.training.task_data import batch_fields
+from solar_jax.data.task_data import batch_fields
 
 GiB = 2**30
 # The fraction of peak bf16 FLOP/s a GPU step is assumed to reach (no cost model on GPU):

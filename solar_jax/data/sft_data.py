@@ -19,10 +19,12 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from solar_jax.training.data import _read_options, batch_rows, expand_files, jsonl_rows, read_parquet, read_text
+from solar_jax.data.pretrain import _read_options, batch_rows
+
+from solar_jax.data.text import expand_files, jsonl_rows, read_parquet, read_text
 from solar_jax.errors import SolarError
-from solar_jax.training import synth_math
-from solar_jax.training.data import split_eval
+from solar_jax.data import synth_math
+from solar_jax.data.text import split_eval
 
 TEMPLATES = ("alpaca", "solar", "chat")
 _ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "

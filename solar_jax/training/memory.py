@@ -25,9 +25,9 @@ from solar_jax.hardware.chips import CHIPS
 from solar_jax.models.config import ModelConfig
 from solar_jax.models import attention
 from solar_jax.models import transformer as model_lib
-from solar_jax.training import sharding
+from solar_jax.parallel import sharding
 from solar_jax.training.optim import make_optimizer
-from solar_jax.training.sharding import spec_for
+from solar_jax.parallel.sharding import spec_for
 from solar_jax.weights import hf
 
 GiB = 2**30

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from solar_jax.training import data as data_lib
-from solar_jax.training import sft_data
+from solar_jax.data import pretrain as pretrain_lib
+from solar_jax.data import sft_data
 from solar_jax.errors import SolarError
 
 TASKS = ("cpt", "sft", "dpo")
@@ -60,19 +60,19 @@ def build(c, tokenizer, reference: Callable[[list[dict]], np.ndarray] | None = N
     local_rows: the rows of the global batch this process holds (used by cpt with
     data.stream_per_row; default all)."""
     if c.task == "cpt":
-        corpus = data_lib.load_corpus(c.data, tokenizer, c.seed)
+        corpus = pretrain_lib.load_corpus(c.data, tokenizer, c.seed)
         if c.data.stream_per_row:
             rows = list(range(c.batch_size)) if local_rows is None else list(local_rows)
-            train = data_lib.RowStreams(corpus.train, c.seq_len, c.batch_size, rows, c.seed, c.data.num_threads,
+            train = pretrain_lib.RowStreams(corpus.train, c.seq_len, c.batch_size, rows, c.seed, c.data.num_threads,
                                         c.data.prefetch)
         else:
-            rows, train = None, data_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed,
+            rows, train = None, pretrain_lib.train_dataset(corpus.train, c.seq_len, c.batch_size, c.seed,
                                                        c.data.num_threads, c.data.prefetch)
         return TaskData(
             rows=rows,
             train=train,
-            eval=data_lib.eval_batches(corpus.eval, c.seq_len, c.batch_size, c.eval_batches),
-            to_model=data_lib.model_batch,
+            eval=pretrain_lib.eval_batches(corpus.eval, c.seq_len, c.batch_size, c.eval_batches),
+            to_model=pretrain_lib.model_batch,
             fields=batch_fields(c),
             description=f"{len(corpus.train)} training documents ({corpus.train_tokens:,} tokens), "
                         f"{len(corpus.eval)} held out; batch {c.batch_size} x {c.seq_len} tokens")
