@@ -94,7 +94,7 @@ def test_no_import_cycles():
 
 def test_public_api_stays_itself_after_every_command_module_is_imported():
     expected = dict(load_hf=sj.load_hf, save_hf=sj.save_hf, generate=sj.generate, depth_up_scale=sj.depth_up_scale,
-                    merge=sj.merge, ModelConfig=sj.ModelConfig, Transformer=sj.Transformer, SolarError=sj.SolarError)
+                    merge_models=sj.merge_models, ModelConfig=sj.ModelConfig, Transformer=sj.Transformer, SolarError=sj.SolarError)
     for name in COMMAND_MODULES:
         importlib.import_module(f"solar_jax.{name}")
     model = sj.Transformer(sj.ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
@@ -104,10 +104,19 @@ def test_public_api_stays_itself_after_every_command_module_is_imported():
             assert getattr(sj, name) is value and not isinstance(value, type(sys)), name
         deeper = sj.depth_up_scale(model, m=1)
         assert deeper.config.num_layers == 2
-        merged = sj.merge([model, model], method="linear")
+        merged = sj.merge_models([model, model], method="linear")
         assert merged.config == model.config
         tokens = sj.generate(model, [[1, 2, 3]], max_new_tokens=2)
         assert len(tokens[0]) == 2
+
+
+def test_the_old_function_name_merge_still_answers_with_a_deprecation_warning():
+    # The package's own __getattr__, asked directly: in this process the command module
+    # solar_jax.merge may already be bound onto the package under that name.
+    with pytest.warns(DeprecationWarning, match="merge_models"):
+        assert sj.__getattr__("merge") is sj.merge_models
+    with pytest.raises(AttributeError):
+        sj.__getattr__("no_such_name")
 
 
 def test_importing_the_package_runs_nothing():

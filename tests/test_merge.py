@@ -108,9 +108,9 @@ def two_models(tmp_path_factory):
 def test_merging_a_model_with_itself_returns_it(two_models, kwargs):
     a = sj.load_hf(two_models[0])
     if kwargs["method"] in ("ties", "dare_ties"):
-        merged = sj.merge([a, a], base=a, **kwargs)
+        merged = sj.merge_models([a, a], base=a, **kwargs)
     else:
-        merged = sj.merge([a, a], **kwargs)
+        merged = sj.merge_models([a, a], **kwargs)
     for (path, x), y in zip(sorted(M.model_lib.flat_params(M.model_lib.param_dict(a)).items()),
                             [v for _, v in sorted(M.model_lib.flat_params(M.model_lib.param_dict(merged)).items())]):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
@@ -126,7 +126,7 @@ def test_streamed_merge_equals_in_memory_merge(two_models, tmp_path):
                                      "--config.t_mlp=0.8"]),
     ]
     for kwargs, flags in cases:
-        in_memory = sj.save_hf(sj.merge([a, b], **kwargs), tmp_path / f"mem-{kwargs['method']}")
+        in_memory = sj.save_hf(sj.merge_models([a, b], **kwargs), tmp_path / f"mem-{kwargs['method']}")
         out = tmp_path / f"cmd-{kwargs['method']}"
         r = run_command("solar_jax.merge", f"--config.model_dir={a_dir},{b_dir}", f"--config.output_dir={out}", *flags)
         assert r.returncode == 0, r.stderr

@@ -218,7 +218,7 @@ def merge_params(trees: Sequence[dict], configs: Sequence[ModelConfig], spec: Me
     return model_lib.unflatten_params(out)
 
 
-def merge(models: Sequence[model_lib.Transformer], method: str = "linear", *, weights=None, t=None,
+def merge_models(models: Sequence[model_lib.Transformer], method: str = "linear", *, weights=None, t=None,
           base: model_lib.Transformer | None = None, density=None, normalize: bool | None = None,
           rescale: bool | None = None, seed: int = 0) -> model_lib.Transformer:
     """Merges models in memory; returns a new Transformer.
