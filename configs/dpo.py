@@ -8,13 +8,14 @@
   # two candidates, then merge them (SOLAR): configs/merge.py with method=slerp or linear
 """
 
-from solar_jax.training.run_config import base_config
+from solar_jax.training.run_config import base_config, check_variant, solar_variant, tiny_variant
 
 VARIANTS = ("default", "tiny", "solar")
 
 
 def get_config(arg=None):
     variant = arg or "default"
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.task = "dpo"
     c.template = "solar"
@@ -31,25 +32,16 @@ def get_config(arg=None):
     c.eval_every = 15
     c.eval_batches = 8
     if variant == "tiny":
-        c.model_preset, c.tokenizer = "tiny", "bytes"
-        c.workdir = "runs/dpo-tiny"
-        c.num_steps, c.batch_size, c.seq_len = 10, 8, 320
-        c.learning_rate, c.warmup_steps = 1e-3, 2
+        tiny_variant(c, "runs/dpo-tiny")
+        c.num_steps, c.seq_len, c.learning_rate = 10, 320, 1e-3
         c.checkpoint_every = c.eval_every = 5
-        c.eval_batches = 2
         c.data.num_builtin = 200
     elif variant == "solar":
-        c.workdir = "runs/solar-dpo"
-        c.num_steps, c.batch_size, c.seq_len = 1000, 128, 4096
+        # Fits v5p-128 as is; v4-128 needs --config.remat=full; 256-chip slices need 256 pairs
+        # and remat full: --config.batch_size=256 --config.remat=full (docs/results/defaults).
+        solar_variant(c, "runs/solar-dpo")
+        c.num_steps, c.batch_size = 1000, 128
         c.learning_rate, c.warmup_steps = 5e-7, 50
-        # v5p-128: 71.1 GiB of 95 per chip (libtpu compile); v4-128 needs --config.remat=full
-        # (16.1 of 32); 256-chip slices need 256 pairs and remat full: --config.batch_size=256
-        # --config.remat=full (v5e-256 7.6 of 16, v6e-256 7.9 of 32; docs/results/tpu-2026-12-03).
-        c.dtype, c.remat = "bfloat16", "dots_no_batch"
-        c.mesh.data, c.mesh.fsdp = 1, -1
         c.dpo.reference = "precomputed"  # the 10.7B policy and reference need not both sit in memory
         c.checkpoint_every = c.eval_every = 100
-        c.export.dtype = "bfloat16"
-    elif variant != "default":
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     return c

@@ -30,12 +30,10 @@ def get_config(arg=None):
                                            num_builtin=300))
     # Two DPO candidates with different hyperparameters, as the paper merges. A frozen reference:
     # 12 steps see 48 pairs, fewer than a precomputed pass over all 300 would score.
-    c.dpo_a = ml_collections.ConfigDict(dict(num_steps=12, batch_size=4, seq_len=160, learning_rate=5e-6,
-                                             warmup_steps=2, eval_every=12, eval_batches=4, checkpoint_every=12,
-                                             num_builtin=300, beta=0.1, reference="frozen"))
-    c.dpo_b = ml_collections.ConfigDict(dict(num_steps=12, batch_size=4, seq_len=160, learning_rate=1e-5,
-                                             warmup_steps=2, eval_every=12, eval_batches=4, checkpoint_every=12,
-                                             num_builtin=300, beta=0.3, reference="frozen"))
+    dpo = dict(num_steps=12, batch_size=4, seq_len=160, warmup_steps=2, eval_every=12, eval_batches=4,
+               checkpoint_every=12, num_builtin=300, reference="frozen")
+    c.dpo_a = ml_collections.ConfigDict(dict(dpo, learning_rate=5e-6, beta=0.1))
+    c.dpo_b = ml_collections.ConfigDict(dict(dpo, learning_rate=1e-5, beta=0.3))
     c.slerp_t = 0.5
     c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=16, pairs=30, max_new_tokens=64,
                                             batch_size=8))
@@ -44,11 +42,9 @@ def get_config(arg=None):
         c.output_dir = "runs/recipe-quick"
         c.cpt.update(num_steps=3, batch_size=2, seq_len=64, warmup_steps=1, eval_every=3, eval_batches=1,
                      checkpoint_every=3)
-        c.sft.update(num_steps=2, batch_size=2, seq_len=128, warmup_steps=1, eval_every=2, eval_batches=1,
-                     checkpoint_every=2, num_builtin=16)
-        for d in (c.dpo_a, c.dpo_b):
-            d.update(num_steps=2, batch_size=2, seq_len=128, warmup_steps=1, eval_every=2, eval_batches=1,
-                     checkpoint_every=2, num_builtin=16)
+        for stage in (c.sft, c.dpo_a, c.dpo_b):
+            stage.update(num_steps=2, batch_size=2, seq_len=128, warmup_steps=1, eval_every=2, eval_batches=1,
+                         checkpoint_every=2, num_builtin=16)
         c.eval.update(loss_batches=1, math_problems=4, pairs=4, max_new_tokens=16, batch_size=4)
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")

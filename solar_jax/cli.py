@@ -25,10 +25,9 @@ from solar_jax.parallel import distributed
 from solar_jax.hardware import tpu
 
 # XLA CPU flags that were measured to help; they only touch CPU codegen. YNNPACK for dots
-# (1.14-1.25x on the train step on 2 cores against XLA's own dot emitter) and for reductions
-# (a further 1.08x: the softmax, RMSNorm and logsumexp sums run multithreaded; its
-# elementwise fusion was slower, 0.88x). Set before the backend starts; opt out with
-# SOLAR_JAX_XLA_DEFAULTS=0.
+# and for reductions (the softmax, RMSNorm and logsumexp sums then run multithreaded); not
+# its elementwise fusion, which was slower (docs/results/defaults). Set before the backend
+# starts; opt out with SOLAR_JAX_XLA_DEFAULTS=0.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
 
 # Config keys that were renamed when the commands got one vocabulary: old -> new.

@@ -53,14 +53,22 @@ def test_splash_equals_the_plain_path_logits_and_gradients(window):
 
 
 def test_splash_inside_a_sharded_jit_equals_one_device():
-    plain, splash = _models(CONFIG, "splash")
+    # The kernel runs per device under shard_map, on the rows and heads the placement says.
+    plain, _ = _models(CONFIG, "splash")
     tokens, segments = _batch(b=8)
     mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
+    params = model_lib.param_dict(plain)
+    placement = sharding.model_placement({k: v.shape for k, v in model_lib.flat_params(params).items()}, mesh)
+    assert (placement.batch_axes, placement.batch_shards, placement.head_axis) == (("fsdp",), 4, "tensor")
+    assert dict(placement.layer_weights)["attn/q"] == jax.sharding.PartitionSpec("tensor", None, "fsdp")
+    splash = model_lib.model_from_params(CONFIG, params, attention_impl="splash", placement=placement)
     graphdef, state = nnx.split(splash)
     with jax.set_mesh(mesh):
         batch_sh = sharding.batch_sharding(mesh)
-        out = jax.jit(lambda s, t, g: nnx.merge(graphdef, s)(t, segment_ids=g))(
-            state, jax.device_put(tokens, batch_sh), jax.device_put(segments, batch_sh))
+        fn = jax.jit(lambda s, t, g: nnx.merge(graphdef, s)(t, segment_ids=g))
+        tokens_sh, segments_sh = jax.device_put(tokens, batch_sh), jax.device_put(segments, batch_sh)
+        assert "shard_map" in str(fn.trace(state, tokens_sh, segments_sh).jaxpr)
+        out = fn(state, tokens_sh, segments_sh)
     keep = (segments > 0)[..., None]
     np.testing.assert_allclose(np.where(keep, out, 0), np.where(keep, plain(tokens, segment_ids=segments), 0),
                                atol=2e-5)

@@ -155,3 +155,17 @@ def test_a_run_on_a_host_without_tpu_chips_prints_no_libtpu_errors(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not [l for l in r.stderr.splitlines() if "TPU" in l or "InitGoogle" in l], r.stderr[-2000:]
+
+
+def test_only_the_sharding_rules_name_mesh_axes():
+    # The model gets a Placement (models/placement.py) from parallel/sharding.py; no string
+    # in the model, inference or data code is a mesh axis name.
+    from solar_jax.parallel.sharding import MESH_AXES
+
+    named = []
+    for folder in ("models", "inference", "data"):
+        for path in (PACKAGE / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in MESH_AXES:
+                    named.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value!r}")
+    assert not named, named

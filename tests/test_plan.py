@@ -13,7 +13,7 @@ from conftest import REPO, run_command
 from solar_jax.models import transformer as model_lib
 from solar_jax.training import memory as plan
 from solar_jax.training.state import state_layout
-from solar_jax.training.step import make_train_step
+from solar_jax.training.step import make_train_step, model_options
 from solar_jax.parallel import sharding
 from solar_jax.models.config import ModelConfig, preset
 from solar_jax.training.run_config import base_config
@@ -63,7 +63,7 @@ def test_activation_estimate_within_25_percent_of_the_compiled_step(remat, mesh_
     c = _config(batch_size=8, seq_len=128, remat=remat, mesh_data=mesh_shape[0], mesh_fsdp=mesh_shape[1],
                 mesh_tensor=mesh_shape[2])
     mesh = sharding.make_mesh(*mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
-    graphdef, _ = nnx.split(model_lib.abstract_model(HELD_OUT, remat=remat))
+    graphdef, _ = nnx.split(model_lib.abstract_model(HELD_OUT, **model_options(c, mesh, HELD_OUT)))
     layout = state_layout(c, HELD_OUT, mesh)
     tx, state_sh, abstract = layout.optimizer, layout.state_shardings, layout.abstract
     batch = {k: jax.ShapeDtypeStruct((8, 128), dt, sharding=sharding.batch_sharding(mesh))

@@ -19,12 +19,12 @@ from solar_jax.training import memory as plan
 from solar_jax.parallel import sharding
 from solar_jax.training.run_config import base_config
 from solar_jax.training.state import state_layout
-from solar_jax.training.step import make_train_step
+from solar_jax.training.step import make_train_step, model_options
 
 
 def measure(config, c, mesh_shape) -> int:
     mesh = sharding.make_mesh(*mesh_shape, jax.devices()[:mesh_shape[0] * mesh_shape[1] * mesh_shape[2]])
-    graphdef, _ = nnx.split(model_lib.abstract_model(config, dtype=c.dtype, remat=c.remat))
+    graphdef, _ = nnx.split(model_lib.abstract_model(config, **model_options(c, mesh, config)))
     layout = state_layout(c, config, mesh)
     tx, state_sh, abstract = layout.optimizer, layout.state_shardings, layout.abstract
     batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.seq_len), dt, sharding=sharding.batch_sharding(mesh))

@@ -35,14 +35,11 @@ _SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128
 # libtpu flags for every train step on TPU (the train command and plan --compile alike).
 # Without them XLA on a 3D torus of 64 chips or more writes FSDP's weight all-gathers as
 # all-reduces of zero-padded buffers (pytorch/xla #6528), which keeps each gathered weight
-# alive from the forward to the backward pass. Measured with plan --compile (v5p-128,
-# Mistral-7B dims, 1 layer): 0 -> 37 all-gathers, 1.84 -> 1.65 GiB temporaries per chip.
-# The async set is the one Cloud TPU's public training recipes (tpu-recipes) pass, but with
-# ..._fusion_multiple_steps off (libtpu turns it on when the flag is not given): on v5p-128
-# (SOLAR 10.7B, plan --compile, XLA's cost model) it made the step slower, :solar 13.14 vs
-# 13.25 s and the remat-full step 3.889 vs 3.925 s (unrolled 3.696 vs 3.755 s), with the same
-# collectives. ..._overlap_compute_collective_tc is the one the gathers need: without it
-# they are all-reduces again.
+# alive from the forward to the backward pass. The async set is the one Cloud TPU's public
+# training recipes (tpu-recipes) pass, but with ..._fusion_multiple_steps off (libtpu turns
+# it on when the flag is not given): XLA's cost model rates the step slower with it, for the
+# same collectives. ..._overlap_compute_collective_tc is the one the gathers need: without it
+# they are all-reduces again. Figures: docs/results/defaults.
 LIBTPU_FLAGS = (
     "--xla_enable_async_all_gather=true",
     "--xla_tpu_prefer_async_allgather_to_allreduce=true",

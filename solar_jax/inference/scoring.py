@@ -44,7 +44,12 @@ class PackedScorer:
                 raise SolarError(f"batch_size={batch_size} is not divisible by the data-parallel size "
                                  f"{sharding.data_parallel_size(mesh)}")
             flat = model_lib.flat_params(model_lib.param_dict(model))
-            shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
+            shapes = {k: v.shape for k, v in flat.items()}
+            shardings = sharding.param_shardings(shapes, mesh)
+            # The module rebuilt to place activations and layer weights on the mesh as in training.
+            placed = model_lib.abstract_model(model.config, **{**model.options,
+                                                               "placement": sharding.model_placement(shapes, mesh)})
+            self._graphdef, _ = nnx.split(placed)
             self._state = model_lib.unflatten_params({k: jax.device_put(v, shardings[k]) for k, v in flat.items()})
         # Outputs replicated: every process reads all of them (multi-host meshes too).
         self._fn = jax.jit(_score_columns, static_argnames=("graphdef",),

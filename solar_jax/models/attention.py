@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 
 from solar_jax.errors import SolarError
+from solar_jax.models.placement import Placement, per_device_specs
 
 IMPLS = ("auto", "xla", "cudnn", "splash")
 FLASH_IMPLS = ("cudnn", "splash")  # no T x T probabilities kept (the memory planner's view)
@@ -63,8 +64,9 @@ def _target_platform() -> str:
     return jax.devices()[0].platform
 
 
-def splash(q, k, v, segment_ids, sliding_window: int | None):
-    """q [B, T, N, H], k/v [B, T, K, H], segment_ids [B, T] -> [B, T, N, H]."""
+def splash(q, k, v, segment_ids, sliding_window: int | None, placement: Placement | None = None):
+    """q [B, T, N, H], k/v [B, T, K, H], segment_ids [B, T] -> [B, T, N, H]. Under a mesh,
+    per device on its batch rows (and heads) as placement says."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -91,17 +93,11 @@ def splash(q, k, v, segment_ids, sliding_window: int | None):
                                segment_ids=sk.SegmentIds(segment_ids, segment_ids))
         return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or "fsdp" not in mesh.axis_names:
+    specs = per_device_specs(placement, b)
+    if specs is None:
         return local(q, k, v, segment_ids)
     # A Pallas kernel is not partitioned by XLA: run it per device on its batch rows (and
     # its heads, when tensor parallelism splits them evenly).
-    from jax.sharding import PartitionSpec as P
-
-    batch = ("data", "fsdp") if b % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else None
-    tensor = mesh.shape["tensor"]
-    heads = "tensor" if tensor > 1 and n % tensor == 0 and k.shape[2] % tensor == 0 else None
-    spec = P(batch, None, heads, None)
-    return jax.shard_map(local, in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec,
+    qkv, segments = specs
+    return jax.shard_map(local, in_specs=(qkv, qkv, qkv, segments), out_specs=qkv,
                          check_vma=False)(q, k, v, segment_ids)
-

@@ -11,8 +11,6 @@ depth up-scaling a concat on axis 0 and merging a tree.map.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import Any
 
 import jax
@@ -22,6 +20,7 @@ from flax import nnx
 from solar_jax.models import attention as attention_lib
 from solar_jax.errors import SolarError
 from solar_jax.models.config import ModelConfig, rope_inv_freq
+from solar_jax.models.placement import Placement, batch_sharded, constrain_layer_weights
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -148,7 +147,7 @@ class Attention(nnx.Module):
             y = y + bias[...].astype(self.dtype)
         return y if norm is None else norm(y)
 
-    def __call__(self, x, sin, cos, mask, cache=None):
+    def __call__(self, x, sin, cos, mask, cache=None, placement: Placement | None = None):
         """x [B, T, D]; mask [B, 1, T, S] bool, or segment ids [B, T] for splash (training);
         cache (k [B, S, K, H], v [B, S, K, H], index) or None."""
         cast = lambda p: p[...].astype(self.dtype)
@@ -163,7 +162,7 @@ class Attention(nnx.Module):
             new_cache = (k, v)
         k, v = k.astype(self.dtype), v.astype(self.dtype)
         if self.impl == "splash" and cache is None:
-            out = attention_lib.splash(q, k, v, mask, self.window)
+            out = attention_lib.splash(q, k, v, mask, self.window, placement)
         else:
             out = attention_lib.dense(q, k, v, mask, self.impl)
         out = jnp.einsum("BTNH,DNH->BTD", out, cast(self.o))
@@ -192,66 +191,19 @@ class DecoderLayer(nnx.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, sin, cos, mask, cache=None):
-        h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, cache)
+    def __call__(self, x, sin, cos, mask, cache=None, placement: Placement | None = None):
+        h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, cache, placement)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return x, new_cache
-
-
-def batch_sharded(x: jax.Array) -> jax.Array:
-    """Under a training mesh (jax.set_mesh), keeps activations [B, ...] split by batch over
-    data x fsdp. FSDP shards the weights' embed axis too, and without this constraint XLA's
-    propagation may lay activations out by features instead, keeping whole-batch
-    activations on every device (measured: 2-4x the compiled temp memory with fsdp=4)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or "fsdp" not in mesh.axis_names:
-        return x
-    if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        return x
-    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(("data", "fsdp")))
-
-
-# Per-layer weight layouts (param path without "layers/" -> PartitionSpec) that the scanned
-# layers keep while a train step is traced (training/step.py sets them from the sharding rules).
-_LAYER_WEIGHT_SPECS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("layer_weight_specs", default=None)
-
-
-@contextlib.contextmanager
-def layer_weight_specs(specs: dict[str, Any] | None):
-    """Inside the block, each scanned layer's weights are constrained to `specs` as the scan
-    slices them. The transpose of a sharding constraint constrains the cotangent: each
-    layer's gradient is then reduced to its FSDP shard inside the backward loop (by
-    reduce-scatter, or all-reduce where XLA prefers it, as on v5p-128), instead of the whole
-    stacked gradient being reduced after it (measured on v5p-128: whole [L, F, D] gradients
-    all-reduced, and held, without it)."""
-    token = _LAYER_WEIGHT_SPECS.set(specs)
-    try:
-        yield
-    finally:
-        _LAYER_WEIGHT_SPECS.reset(token)
-
-
-def _constrain_layer_weights(state):
-    specs = _LAYER_WEIGHT_SPECS.get()
-    if not specs or jax.sharding.get_abstract_mesh().empty:
-        return state
-    pure = nnx.to_pure_dict(state)
-
-    def constrain(tree, prefix=""):
-        return {k: constrain(v, f"{prefix}{k}/") if isinstance(v, dict) else
-                jax.lax.with_sharding_constraint(v, specs[f"{prefix}{k}"]) for k, v in tree.items()}
-
-    nnx.replace_by_pure_dict(state, constrain(pure))
-    return state
 
 
 def _remat(fn, policy: str, prevent_cse: bool = False):
     """prevent_cse: only for a fully unrolled layer loop. Inside a loop, the backward pass's
     recomputation cannot be merged with the forward pass (they are different loops); once
     unrolled into one straight-line program, XLA's CSE merges parts of them and keeps what
-    the policy meant to drop (SOLAR 10.7B on v5p-128, remat full: 36.2 GiB of temporaries
-    per chip without it, 23.0 with it, by plan --compile)."""
+    the policy meant to drop (at 10.7B, over half again the temporaries without it:
+    docs/results/defaults)."""
     if policy == "none":
         return fn
     policies = {
@@ -286,8 +238,7 @@ def _logits_matmul_bwd(residuals, g):
     # The float32 cotangent g [..., V] is cast to the compute dtype before the two backward
     # matmuls, as every other matmul of the step takes its cotangent: the table's gradient is
     # then made and reduced across devices in bf16 under bf16 compute (autodiff's default keeps
-    # it float32: twice the bytes over ICI and through HBM, measured with plan --compile). A
-    # float32 model is unchanged.
+    # it float32: twice the bytes over ICI and through HBM). A float32 model is unchanged.
     x, table = residuals
     g = g.astype(x.dtype)
     return jnp.einsum("...V,VD->...D", g, table), jnp.einsum("...V,...D->VD", g, x)
@@ -301,7 +252,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: str = "float32",
                  remat: str = "none", attention_impl: str = "xla", scan_unroll: int = 1,
-                 logits_dtype: str = "float32"):
+                 logits_dtype: str = "float32", placement: Placement | None = None):
+        """placement: where activations and layer weights live on the mesh the model is traced
+        under (parallel/sharding.py's model_placement); None leaves it to XLA."""
         if remat not in REMAT_POLICIES:
             raise SolarError(f"unknown remat policy {remat!r}; known: {', '.join(REMAT_POLICIES)}")
         if logits_dtype not in LOGITS_DTYPES:
@@ -317,6 +270,7 @@ class Transformer(nnx.Module):
         # schedules and fuses across layers). The params stay stacked either way.
         self.scan_unroll = min(scan_unroll, config.num_layers)
         self.logits_dtype = logits_dtype
+        self.placement = placement
         self.source_dir: str | None = None  # HF dir it came from: tokenizer files for export
         compute = dtype_from_name(dtype)
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, param_dtype=jnp.float32,
@@ -336,10 +290,10 @@ class Transformer(nnx.Module):
             embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
 
     @property
-    def options(self) -> dict[str, str]:
+    def options(self) -> dict[str, Any]:
         """Run options to rebuild an equivalent module around new params or a new config."""
         return dict(dtype=self.dtype_name, remat=self.remat, attention_impl=self.attention_impl,
-                    scan_unroll=self.scan_unroll, logits_dtype=self.logits_dtype)
+                    scan_unroll=self.scan_unroll, logits_dtype=self.logits_dtype, placement=self.placement)
 
     def __call__(self, tokens, positions=None, segment_ids=None):
         """tokens int [B, T] -> logits float32 [B, T, V].
@@ -391,15 +345,15 @@ class Transformer(nnx.Module):
             # Cache slots beyond index + T are in the future of every query: causality hides them.
             mask = attention_mask(segment_ids, kv_segments, q_index, kv_index, self.config.sliding_window)
         sin, cos = rope_tables(self.config, positions)
-        x = batch_sharded(self.embed(tokens))
+        x = batch_sharded(self.embed(tokens), self.placement)
 
         graphdef, layer_state = nnx.split(self.layers)
 
         def body(x, xs):
             state, layer_cache = xs
-            layer = nnx.merge(graphdef, _constrain_layer_weights(state))
-            x, new_layer_cache = layer(x, sin, cos, mask, layer_cache)
-            x = batch_sharded(x)
+            layer = nnx.merge(graphdef, constrain_layer_weights(state, self.placement))
+            x, new_layer_cache = layer(x, sin, cos, mask, layer_cache, self.placement)
+            x = batch_sharded(x, self.placement)
             return x, (new_layer_cache, x if return_hidden else None)
 
         layer_caches = None if cache is None else (cache["k"], cache["v"], jnp.broadcast_to(

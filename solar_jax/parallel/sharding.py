@@ -1,4 +1,5 @@
-"""Mesh and shardings: one table maps logical axes (model.PARAM_AXES) to mesh axes.
+"""Mesh and shardings: one table maps logical axes (model.PARAM_AXES) to mesh axes. This is
+the only module that names mesh axes; the model gets what it needs as a Placement.
 
 Mesh axes: data (pure data parallel: params replicated), fsdp (data parallel with params,
 grads and optimizer state sharded), tensor (Megatron-style: heads and mlp split). Switching
@@ -16,6 +17,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from solar_jax.errors import SolarError
+from solar_jax.models.placement import Placement
 from solar_jax.models.transformer import PARAM_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -96,12 +98,21 @@ def param_shardings(flat_shapes: dict[str, Sequence[int]], mesh: Mesh) -> dict[s
     return out
 
 
-def layer_weight_specs(flat_shapes: dict[str, Sequence[int]], mesh) -> dict[str, P]:
-    """One scanned layer's weights ("attn/q" -> spec without the layers axis), split as the
-    stacked params are: what model_lib.layer_weight_specs keeps them (and their gradients) at.
-    mesh: a Mesh or the AbstractMesh of a trace."""
-    return {path.removeprefix("layers/"): spec_for(PARAM_AXES[path][1:], shape[1:], mesh)
-            for path, shape in flat_shapes.items() if path.startswith("layers/")}
+def model_placement(flat_shapes: dict[str, Sequence[int]], mesh) -> Placement:
+    """What the model applies under this mesh (models/placement.py), from the same rules as
+    the params: activations split by batch like the batches, attention heads split like q's
+    and k's heads (when both split the same way), and each scanned layer's weights kept as
+    the stacked params are split. flat_shapes: the stacked params' shapes by path; mesh: a
+    Mesh, or the AbstractMesh of a trace."""
+    batch = spec_for(("batch",), (data_parallel_size(mesh),), mesh)[0]
+    q_heads = spec_for(PARAM_AXES["layers/attn/q"], flat_shapes["layers/attn/q"], mesh)[1]
+    kv_heads = spec_for(PARAM_AXES["layers/attn/k"], flat_shapes["layers/attn/k"], mesh)[1]
+    layer_weights = {path.removeprefix("layers/"): spec_for(PARAM_AXES[path][1:], shape[1:], mesh)
+                     for path, shape in flat_shapes.items() if path.startswith("layers/")}
+    return Placement(batch_axes=() if batch is None else (batch,) if isinstance(batch, str) else tuple(batch),
+                     batch_shards=data_parallel_size(mesh) if batch is not None else 1,
+                     head_axis=q_heads if q_heads == kv_heads else None,
+                     layer_weights=tuple(sorted(layer_weights.items())))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

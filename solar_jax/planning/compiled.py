@@ -273,7 +273,7 @@ def compile_plan(c, config: ModelConfig, device: str, chips: int, trainable: dic
     dropped: list[str] = []
     topology, devices, capacity = target_devices(device, chips, gpu_spec, dropped)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices)
-    options = model_options(c, mesh)
+    options = model_options(c, mesh, config)
     graphdef, _ = nnx.split(model_lib.abstract_model(config, **options))
     start = time.perf_counter()
     with jax.set_mesh(mesh):

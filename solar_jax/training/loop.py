@@ -61,7 +61,7 @@ def model_summary(config: ModelConfig, mesh) -> str:
     lines = [f"model: {config.model_type}, {config.num_layers} layers, d={config.hidden_size}, "
              f"heads {config.num_heads}/{config.num_kv_heads}, vocab {config.vocab_size}: {total / 1e6:.1f}M params"]
     lines += [f"  {k:14s} {v / 1e6:10.2f}M" for k, v in counts.items()]
-    lines.append(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} tensor={mesh.shape['tensor']} "
+    lines.append(f"mesh: {' x '.join(f'{k}={v}' for k, v in mesh.shape.items())} "
                  f"on {mesh.devices.size} {jax.devices()[0].platform} device(s)")
     # What the process runs under (cli sets both unless opted out): worth seeing when comparing runs.
     lines.append(f"runtime: XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
@@ -154,7 +154,7 @@ def _train_in(c, mirror, workdir: Path, checkpoint_dir, devices: list, verbose: 
         _say("config:\n" + "\n".join(f"  {line}" for line in config_text(c).splitlines()))
         _say(model_summary(source.config, mesh))
         _say(memory.report())
-    # Under the mesh, the model keeps activations batch-sharded (model.batch_sharded).
+    # Under the mesh, the model keeps activations batch-sharded (its placement, model_options).
     with jax.set_mesh(mesh):
         with _removed_on_failure(workdir):  # data, reference, compile: a failed start leaves nothing
             run = _set_up(c, workdir, checkpoint_dir, source, tokenizer, mesh)
@@ -194,7 +194,7 @@ class _Run:
 
 
 def _set_up(c, workdir: Path, checkpoint_dir, source: ModelSource, tokenizer, mesh) -> _Run:
-    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **model_options(c, mesh)))
+    graphdef, _ = nnx.split(model_lib.abstract_model(source.config, **model_options(c, mesh, source.config)))
     layout = state_layout(c, source.config, mesh)
     ckpt = Checkpointer(checkpoint_dir, keep=c.keep_checkpoints, async_save=c.async_checkpoint,
                         compression=c.checkpoint_compression)

@@ -145,8 +145,8 @@ class Plan:
 class _MeshShape:
     """What sharding.spec_for reads from a mesh: the axis sizes (no devices needed)."""
 
-    def __init__(self, data: int, fsdp: int, tensor: int):
-        self.shape = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    def __init__(self, *sizes: int):
+        self.shape = dict(zip(sharding.MESH_AXES, sizes, strict=True))
 
 
 def parse_device(name: str, num_devices: int = 0) -> tuple[str, int]:

@@ -63,20 +63,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; params stay float32
     # none | full | dots | dots_no_batch. dots_no_batch (keep the projections' outputs, recompute
     # the elementwise ops and attention scores) needs less memory than none, and on XLA CPU it is
-    # also faster (44-layer SmolLM2 step: 3.35 s vs 3.6 s): fewer stacked residuals to write.
+    # also faster: fewer stacked residuals to write (figures: docs/results/defaults).
     c.remat = "dots_no_batch"
     # Decoder layers per iteration of the layer loop (lax.scan's unroll): 1 compiles one layer's
-    # body (fastest compile, least code); a value >= the model's layers unrolls the loop. SOLAR
-    # 10.7B on v5p-128 (remat full, 4 x 4096 per chip), by plan --compile: unrolled, XLA's TPU
-    # cost model estimates the step 4.5% faster (3.50 s vs 3.67 s), for 23.0 GiB of temporaries
-    # per chip instead of 14.0, 1.3 GiB of code and a 3-5x longer compile. The fast planner
-    # models the loop (scan_unroll=1): check an unrolled step with plan --compile.
+    # body (fastest compile, least code); a value >= the model's layers unrolls the loop, which
+    # XLA's cost model rates a few percent faster at 10.7B for much more memory, code and
+    # compile time (docs/results/defaults). The fast planner models the loop (scan_unroll=1):
+    # check an unrolled step with plan --compile.
     c.scan_unroll = 1
     # The vocab projection's output: float32 (accumulated in float32 and kept: the precise
     # logits) or compute (rounded to the compute dtype, then float32 for the softmax, as
     # MaxText's default and transformers' bf16 autocast do). compute halves the logits'
-    # memory: SOLAR 10.7B on v5p-128 at 4 x 4096 per chip, 13.4 GiB of temporaries instead of
-    # 14.0 (plan --compile); more with a larger vocabulary (Llama 3's 128k: ~4 GiB).
+    # memory, which matters most with a large vocabulary (docs/results/defaults).
     c.logits_dtype = "float32"
     c.attention_impl = "auto"  # auto (splash on TPU, cudnn on GPU, xla elsewhere) | xla | cudnn | splash
     c.memory_check = True  # refuse, before compiling, a config the memory planner says cannot fit
@@ -85,8 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpoint = True
     # zstd-compressed checkpoints (orbax's StandardSave always compresses): a float32 state
-    # 5-8% smaller at 1.6-3x the write time. The 44-layer CPU default's 3-step run: 2.0 vs
-    # 2.1 GiB, 9.6 vs 6.1 s waiting for the last save; a background save takes host CPU.
+    # barely shrinks, and the writes take several times longer; a background save takes host
+    # CPU from the steps (docs/results/defaults).
     c.checkpoint_compression = False
     c.eval_every = 50
     c.eval_batches = 8  # 0: the whole held-out set
@@ -114,6 +112,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.export = ml_collections.ConfigDict(dict(enabled=True, dtype="float32", max_shard_size="5GB"))
     return c
+
+
+def tiny_variant(c: ml_collections.ConfigDict, workdir: str) -> None:
+    """What every config's `tiny` variant shares: a tiny random model with the byte tokenizer,
+    batches of 8, a high learning rate (tests and smoke runs: seconds). The file sets the rest."""
+    c.model_preset, c.tokenizer, c.workdir = "tiny", "bytes", workdir
+    c.batch_size, c.learning_rate, c.warmup_steps, c.eval_batches = 8, 3e-3, 2, 2
+
+
+def solar_variant(c: ml_collections.ConfigDict, workdir: str) -> None:
+    """What every config's `solar` variant (10.7B on a TPU slice or GPU hosts) shares: 4096-token
+    rows, bf16 compute with dots_no_batch remat, FSDP over every device, a bf16 export."""
+    c.workdir, c.seq_len = workdir, 4096
+    c.dtype, c.remat = "bfloat16", "dots_no_batch"
+    c.mesh.data, c.mesh.fsdp = 1, -1
+    c.export.dtype = "bfloat16"
+
+
+def check_variant(variant: str, known: tuple[str, ...]) -> None:
+    if variant not in known:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(known)}")
 
 
 def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None,

@@ -11,13 +11,14 @@ import optax
 from flax import nnx
 
 from solar_jax.models import attention
-from solar_jax.models import transformer as model_lib
+from solar_jax.models.config import ModelConfig
 from solar_jax.data import pretrain as pretrain_lib
 from solar_jax.data import sft_data
 from solar_jax.parallel import sharding
 from solar_jax.training.objectives import Objective, cross_entropy_objective, dpo_objective, reference_logps_fn
 from solar_jax.training.optim import global_norm
 from solar_jax.inference.scoring import PackedScorer
+from solar_jax.weights import hf
 
 
 def objective_for(c, graphdef) -> Objective:
@@ -28,12 +29,14 @@ def objective_for(c, graphdef) -> Objective:
     return cross_entropy_objective(graphdef)
 
 
-def model_options(c, mesh) -> dict[str, str]:
+def model_options(c, mesh, config: ModelConfig) -> dict[str, Any]:
     """The model's run options for config c on mesh: the attention kernel resolved for the
-    mesh's devices (a TPU slice compiled from a CPU host gets splash, not the host's kernel)."""
+    mesh's devices (a TPU slice compiled from a CPU host gets splash, not the host's kernel),
+    and where activations and layer weights live on the mesh (sharding.model_placement)."""
     platform = mesh.devices.flat[0].platform
     return dict(dtype=c.dtype, remat=c.remat, attention_impl=attention.resolve(c.attention_impl, platform, c.dtype),
-                scan_unroll=c.scan_unroll, logits_dtype=c.logits_dtype)
+                scan_unroll=c.scan_unroll, logits_dtype=c.logits_dtype,
+                placement=sharding.model_placement(hf.param_shapes(config), mesh))
 
 
 def lower_train_step(c, graphdef, layout, objective: Objective, fields: dict, mesh, trainable: dict | None = None):
@@ -72,14 +75,9 @@ def make_train_step(graphdef, tx, accum: int, objective: Objective | None = None
             total, metrics = objective.loss(p, mb, ref)
             return total / denom, {k: v / denom for k, v in metrics.items()}
 
-        value_and_grad = jax.value_and_grad(micro, has_aux=True)
-        mesh = jax.sharding.get_abstract_mesh()
-        specs = None if mesh.empty else sharding.layer_weight_specs(
-            {k: v.shape for k, v in model_lib.flat_params(params).items()}, mesh)
-
-        def grad_fn(p, mb):
-            with model_lib.layer_weight_specs(specs):  # each layer's gradient reduced inside the loop
-                return value_and_grad(p, mb)
+        # The model's placement (graphdef) keeps each layer's weights at their FSDP layout:
+        # each layer's gradient is then reduced inside the backward loop.
+        grad_fn = jax.value_and_grad(micro, has_aux=True)
 
         if accum == 1:
             (loss, metrics), grads = grad_fn(params, batch)
