@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from solar_jax.weights import hf
 from solar_jax.models import transformer as model_lib
 from solar_jax.inference.log_probs import token_log_probs
 from solar_jax.training.metrics import read_metrics
+from solar_jax.errors import SolarError
 from solar_jax.training.loop import train_and_evaluate
+from solar_jax.training.run_config import validate
 from tests.conftest import REPO, checkpoint_saved, kill_once, load_config, override, run_command
 from tests.test_hf_io import hf_tensors
 
@@ -238,37 +241,34 @@ def test_every_config_file_builds_and_validates():
 
 # ---- bad input ---------------------------------------------------------------------------------
 
-def _exit2(*args, match, env=None):
-    r = run_command(*args) if env is None else subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=300)
-    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr, r.stderr
-    assert "compiled" not in r.stdout  # caught before compiling
-
-
-@pytest.mark.parametrize("flag, match", [
-    ("--config.no_such_key=1", "no_such_key"),
-    ("--config.seq_len=1024", "max_position_embeddings=512"),
-    ("--config.data.train_files=/nonexistent/*.jsonl", "does not exist"),
-    ("--config.dtype=float8", "unknown dtype"),
-    ("--config.upscale_m=9", "0 <= m < n"),
-    ("--config.scan_unroll=0", "scan_unroll must be positive, got 0"),
-    ("--config.logits_dtype=bfloat16", "unknown logits_dtype 'bfloat16'; known: float32, compute"),
+# Validation runs in this process (a command's one-line exit-2 edge is test_layout's, once
+# per command): the error names the problem, before anything compiles, and leaves no workdir.
+@pytest.mark.parametrize("values, match", [
+    ({"seq_len": 1024}, "max_position_embeddings=512"),
+    ({"data.train_files": "/nonexistent/*.jsonl"}, "does not exist"),
+    ({"dtype": "float8"}, "unknown dtype"),
+    ({"upscale_m": 9}, "0 <= m < n"),
+    ({"scan_unroll": 0}, "scan_unroll must be positive, got 0"),
+    ({"logits_dtype": "bfloat16"}, "unknown logits_dtype 'bfloat16'; known: float32, compute"),
 ])
-def test_config_errors_before_compiling(tmp_path, flag, match):
-    _exit2(*_train_cmd(tmp_path / "run", flag), match=match)
+def test_config_errors_before_compiling(tmp_path, capsys, values, match):
+    with pytest.raises(SolarError, match=re.escape(match)):
+        train_and_evaluate(tiny(**values), tmp_path / "run")
+    assert "compiled" not in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
 
 
-def test_batch_not_divisible_by_data_parallel_size(tmp_path):
-    _exit2(*_train_cmd(tmp_path / "run", "--config.batch_size=6"), match="data-parallel size 4",
-           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+def test_batch_not_divisible_by_data_parallel_size():
+    with pytest.raises(SolarError, match="data-parallel size 4"):
+        validate(tiny(batch_size=6), num_devices=4)
 
 
 def test_empty_dataset(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n   \n")
-    _exit2(*_train_cmd(tmp_path / "run", f"--config.data.train_files={empty}"), match="training data is empty")
+    with pytest.raises(SolarError, match="training data is empty"):
+        train_and_evaluate(tiny(**{"data.train_files": str(empty)}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
