@@ -119,6 +119,16 @@ def test_the_old_function_name_merge_still_answers_with_a_deprecation_warning():
         sj.__getattr__("no_such_name")
 
 
+def test_a_runs_tensorboard_writer_does_not_import_torch(tmp_path):
+    # tensorboardX imports torch wherever it is installed (seconds at every train start).
+    code = ("import sys; from solar_jax.training.metrics import MetricsWriter; "
+            f"w = MetricsWriter({str(tmp_path)!r}); w.write(1, {{'loss': 1.0}}); w.close(); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_importing_the_package_runs_nothing():
     # No re-exec, no flags, no jax backend started by `import solar_jax`.
     code = ("import os, sys; pid = os.getpid(); import solar_jax, jax; "

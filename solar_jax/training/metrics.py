@@ -32,6 +32,23 @@ def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     return 6 * n + attn
 
 
+def _tensorboard_writer(logdir: Path):
+    """tensorboardX's SummaryWriter, imported with torch hidden. tensorboardX imports torch
+    wherever it is installed (to accept torch tensors, which a run never logs): ~3.5 s at every
+    start on a host with torch (CI, many GPU hosts). Scalars need nothing from it."""
+    import sys
+
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter(str(logdir))
+
+
 class MetricsWriter:
     """metrics.jsonl (one object per logged step) and TensorBoard, from process 0 only."""
 
@@ -40,11 +57,9 @@ class MetricsWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
             _drop_torn_last_line(self.path)
             self._file = open(self.path, "a", buffering=1)
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tb = _tensorboard_writer(Path(workdir) / "tensorboard")
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
