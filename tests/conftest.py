@@ -20,6 +20,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"solar_jax-tests-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+# The commands that run train steps re-execute themselves once under glibc's huge-page malloc
+# tunable (solar_jax/host_malloc.py), which imports everything twice (~3.5 s). The suite sets
+# the tunable for the processes it starts instead: the same malloc, one import.
+# test_train's exact-resume test starts its first run without it, through the re-exec.
+from solar_jax.host_malloc import hugepage_malloc_env  # noqa: E402  (imports only os and sys)
+
+os.environ.update({k: v for k, v in (hugepage_malloc_env(dict(os.environ)) or {}).items() if k == "GLIBC_TUNABLES"})
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -120,9 +127,10 @@ def real_model_dir():
     return ensure_real_model()
 
 
-def run_command(*args, timeout=300):
-    """Runs `python -m solar_jax.X ...`; returns the CompletedProcess (text)."""
-    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+def run_command(*args, timeout=300, without_env: tuple[str, ...] = ()):
+    """Runs `python -m solar_jax.X ...`; returns the CompletedProcess (text). without_env:
+    variables of this process that the command does not get."""
+    env = {k: v for k, v in dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1").items() if k not in without_env}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
 
