@@ -13,7 +13,8 @@ from solar_jax.errors import SolarError
 from solar_jax.models import transformer as model_lib
 from solar_jax.models.config import preset
 from solar_jax.surgery import seam
-from tests.conftest import run_command
+from solar_jax.pipelines import seam as seam_pipeline
+from tests.conftest import load_config, override, run_command
 
 IDENTITY_LAYERS = (2, 3)  # of 6
 
@@ -92,21 +93,30 @@ def test_target_depth_checks(target, m, message):
         seam.target_depth(6, target, m)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.m=15"], "error: m must satisfy 0 <= m < n / 2"),
-    (["--config.target_layers=61"], "error: target_layers 61 cannot be reached"),
-    (["--config.data_files={empty}"], "error: the text is empty"),
-    (["--config.num_sequences=10"], "error: num_sequences (10) must be a multiple of batch_size (16)"),
+# Checked in this process (the pipeline's run); the command's one-line edge once, below.
+@pytest.mark.parametrize("values, message", [
+    ({"m": 15}, "m must satisfy 0 <= m < n / 2"),
+    ({"target_layers": 61}, "target_layers 61 cannot be reached"),
+    ({"data_files": "{empty}"}, "the text is empty"),
+    ({"num_sequences": 10}, "num_sequences (10) must be a multiple of batch_size (16)"),
 ])
-def test_bad_input_is_one_line(real_model_dir, tmp_path, args, message):
+def test_bad_input_is_refused_before_writing(real_model_dir, tmp_path, values, message):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    out = tmp_path / "out"
+    c = load_config("seam.py")
+    override(c, model_dir=str(real_model_dir), output_dir=str(tmp_path / "out"),
+             **{k: v.format(empty=empty) if isinstance(v, str) else v for k, v in values.items()})
+    with pytest.raises(SolarError) as raised:
+        seam_pipeline.run(c)
+    assert str(raised.value).startswith(message), raised.value
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_is_one_line(real_model_dir, tmp_path):
     r = run_command("solar_jax.seam", "--config=configs/seam.py", f"--config.model_dir={real_model_dir}",
-                    f"--config.output_dir={out}", *[a.format(empty=empty) for a in args])
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == message or r.stderr.startswith(message), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+                    f"--config.output_dir={tmp_path / 'out'}", "--config.m=15")
+    assert r.returncode == 2 and r.stderr.startswith("error: m must satisfy 0 <= m < n / 2"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     assert not out.exists()
 
 
