@@ -122,9 +122,8 @@ def run(main: Callable[[ml_collections.ConfigDict], None], config_file: str,
     config_file: the default file under configs/ for --config. define: the command's own
     flags besides --config (few: the config carries what a command takes).
     hugepage_malloc: re-execute once under glibc's huge-page malloc (host_malloc.py). Only
-    the commands that run train steps ask: the step gains 1.06x (44-layer CPU step), and the
-    re-exec repeats the package import (~1.5-3.5 s on 2 cores), which a short command would
-    not earn back."""
+    the commands that run train steps ask: the re-exec repeats the package import, which only
+    the steps' gain earns back (docs/results/defaults)."""
     if hugepage_malloc:
         host_malloc.reexec_with_hugepage_malloc()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -13,8 +13,7 @@ from pathlib import Path
 
 # glibc malloc serves every buffer over 32 MiB with a fresh mmap and unmaps it on free, so
 # each train step page-faults its large temporaries (stacked-layer gradient accumulators and
-# residuals, hundreds of MB) 4 KiB at a time: measured 0.2-0.25 s of a 3.4 s CPU step of the
-# 44-layer model. glibc.malloc.hugetlb=1 makes malloc ask for transparent huge pages, which
+# residuals, hundreds of MB) 4 KiB at a time (docs/results/defaults). glibc.malloc.hugetlb=1 makes malloc ask for transparent huge pages, which
 # cuts those faults 512-fold without keeping freed memory (peak RSS unchanged). glibc reads
 # tunables at process start, so a command re-executes itself once with the tunable set.
 # Opt out with SOLAR_JAX_MALLOC_DEFAULTS=0.
