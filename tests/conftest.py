@@ -20,6 +20,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"solar_jax-tests-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+# Processes that share the cache race on its bookkeeping files: a writer can find another's
+# "-atime" file gone and jax warns (the compiled step is still used). A command's stderr is
+# then two lines where the tests check for one; the warning is the suite's own, so it is muted.
+os.environ.setdefault("PYTHONWARNINGS", "ignore:Error writing persistent compilation cache entry:UserWarning")
 # The commands that run train steps re-execute themselves once under glibc's huge-page malloc
 # tunable (solar_jax/host_malloc.py), which imports everything twice (~3.5 s). The suite sets
 # the tunable for the processes it starts instead: the same malloc, one import.
