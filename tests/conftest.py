@@ -30,7 +30,9 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore:Error writing persistent compila
 # test_train's exact-resume test starts its first run without it, through the re-exec.
 from solar_jax.host_malloc import hugepage_malloc_env  # noqa: E402  (imports only os and sys)
 
-os.environ.update({k: v for k, v in (hugepage_malloc_env(dict(os.environ)) or {}).items() if k == "GLIBC_TUNABLES"})
+_with_malloc = hugepage_malloc_env(dict(os.environ))  # None where the tunable is set or opted out of
+if _with_malloc:
+    os.environ["GLIBC_TUNABLES"] = _with_malloc["GLIBC_TUNABLES"]
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402

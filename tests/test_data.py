@@ -8,9 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from solar_jax.data import pretrain as pretrain_lib
-
 from solar_jax.data import text as text_lib
-
 from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.errors import SolarError
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from solar_jax.data import pretrain as pretrain_lib
-
 from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.host_malloc import hugepage_malloc_env
 from solar_jax.weights import hf

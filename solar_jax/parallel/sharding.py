@@ -118,7 +118,7 @@ def model_placement(flat_shapes: dict[str, Sequence[int]], mesh) -> Placement:
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Batches [B, ...]: B split over data x fsdp, the other axes whole."""
     logical = ("batch",) + (None,) * (ndim - 1)
-    return NamedSharding(mesh, spec_for(logical, (mesh.shape["data"] * mesh.shape["fsdp"],) + (1,) * (ndim - 1), mesh))
+    return NamedSharding(mesh, spec_for(logical, (data_parallel_size(mesh),) + (1,) * (ndim - 1), mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

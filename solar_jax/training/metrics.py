@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,6 @@ def _tensorboard_writer(logdir: Path):
     """tensorboardX's SummaryWriter, imported with torch hidden. tensorboardX imports torch
     wherever it is installed (to accept torch tensors, which a run never logs): ~3.5 s at every
     start on a host with torch (CI, many GPU hosts). Scalars need nothing from it."""
-    import sys
-
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
