@@ -20,7 +20,7 @@ from solar_jax.models.config import ModelConfig
 from solar_jax.data import text as text_lib
 from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.data import sft_data, task_data
-from solar_jax.training.checkpoint import check_free_space
+from solar_jax.training.checkpoint import _chain_text, _write_failure_reason, check_free_space
 from solar_jax.training.metrics import MetricsWriter, read_metrics
 from solar_jax.training.runs import read_run_record
 from solar_jax.weights.outdir import atomic_output_dir, remove_stale_siblings, _host
@@ -194,6 +194,17 @@ def _with_file_size_limit(kib: int, *command: str, timeout: int) -> subprocess.C
     script = f"trap '' XFSZ; ulimit -f {kib}; exec {shlex.join([sys.executable, '-m', *command])}"
     return subprocess.run(["bash", "-c", script], cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_failed_writes_reason_is_the_os_words_wherever_the_message_puts_them():
+    long_path = "/tmp/" + "d" * 300 + "/2.orbax-checkpoint-tmp/ocdbt.process_0/"
+    outer = RuntimeError(f'OUT_OF_RANGE: Error writing "a/0.0" at local file "{long_path}": Failed writing')
+    outer.__cause__ = OSError("Failed to write 1414402 bytes to file 17: File too large")
+    assert _write_failure_reason(_chain_text(outer)) == "File too large"  # past 200 chars, in the cause
+    assert _write_failure_reason("write failed: No space left on device [source=x]") == "No space left on device"
+    assert _write_failure_reason("Odd failure [os_error_code='99']") == "Odd failure"
+    unknown = _write_failure_reason(f'CANCELLED: writer stopped at "{long_path}"')
+    assert unknown == 'CANCELLED: writer stopped at "..."'
 
 
 def test_a_write_that_fails_is_one_line_and_leaves_nothing(tiny_hf, tmp_path):

@@ -9,7 +9,9 @@ mid-write, a corrupted file) is reported and the previous one is used.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
 import shutil
 import time
@@ -22,6 +24,35 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from solar_jax.errors import RunFailed, SolarError
+
+
+# The OS's words for the failed writes users meet; found anywhere in orbax's/tensorstore's
+# message (its wording and nesting vary between versions and between the first failing
+# write and the one reported at wait).
+_OS_WRITE_FAILURES = tuple(os.strerror(n) for n in (
+    errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO))
+
+
+def _chain_text(e: BaseException) -> str:
+    """The messages of an exception and its causes/contexts, whitespace collapsed."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__
+    return " ".join(" ".join(parts).split())
+
+
+def _write_failure_reason(text: str) -> str:
+    """The OS's reason for a failed write ("File too large", "No space left on device"), or,
+    failing that, the message with quoted paths elided (they are long and the directory is
+    already named), cut to 200 characters."""
+    for words in _OS_WRITE_FAILURES:
+        if words in text:
+            return words
+    if reason := re.search(r"([A-Za-z][A-Za-z ]+?) \[os_error_code", text):
+        return reason.group(1)
+    return re.sub(r'"[^"]*/[^"]*"', '"..."', text)[:200]
 
 
 class _FrozenIteratorState:
@@ -84,14 +115,13 @@ class Checkpointer:
             yield
         except Exception as e:  # orbax/tensorstore raise many types for a failed write
             self._failed = True
-            text = " ".join(str(e).split())
+            text = _chain_text(e)
             failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
-            reason = re.search(r"([A-Za-z][A-Za-z ]+?) \[os_error_code", text)
             self._remove_tmp_steps()
             good = self._finished_steps()
             raise RunFailed(
                 f"could not write the checkpoint of step {failed.group(1) if failed else step} to {self.directory}: "
-                f"{reason.group(1) if reason else text[:200]}; the last good checkpoint is "
+                f"{_write_failure_reason(text)}; the last good checkpoint is "
                 f"{f'step {good[-1]}' if good else 'none'}") from e
 
     def _finished_steps(self) -> list[int]:
