@@ -13,12 +13,16 @@ import sys
 import pytest
 
 from conftest import REPO, run_command
+from solar_jax.config_files import load_config
+from solar_jax.errors import SolarError
+from solar_jax.hardware import gpu
+from solar_jax.hardware.chips import GPUS
 from solar_jax.models.config import ModelConfig
 from solar_jax.planning import compiled as compiled_plan, hlo_stats
 from solar_jax.training import memory as plan
 from solar_jax.parallel import sharding
 from solar_jax.hardware import tpu
-from solar_jax.training.run_config import base_config
+from solar_jax.training.run_config import base_config, validate
 
 # Mistral's head layout at a small width: 8 query heads of 128 over 2 kv heads.
 SMALL = ModelConfig(model_type="mistral", vocab_size=4096, hidden_size=1024, intermediate_size=3584, num_layers=3,
@@ -262,18 +266,23 @@ def test_libtpu_flags_are_added_by_name_and_the_users_values_win(monkeypatch):
     assert os.environ["LIBTPU_INIT_ARGS"].split() == args
 
 
-def test_plan_compile_bad_input_is_one_line():
-    base = ["solar_jax.plan", "--config=configs/cpt.py:tiny", "--config.seq_len=128", "--compile"]
-    r = run_command(*base, "--device=v5p-6")  # 3 chips: no such slice
-    _one_line_exit_2(r)
-    assert "3 chips" in r.stderr
-    r = run_command(*base, "--device=h100x12")  # GPUs come in hosts of 8
-    _one_line_exit_2(r)
-    assert "multiple of 8" in r.stderr
-    r = run_command(*base, "--device=v5p-8", "--config.mesh.data=1", "--config.mesh.fsdp=3")
-    _one_line_exit_2(r)
-    r = run_command(*base, "--device=v5p-8", "--config.batch_size=6")
-    _one_line_exit_2(r)
+# plan --compile's checks, in this process (the command's exit-2 edge: test_layout and below).
+@pytest.mark.parametrize("device, overrides, match", [
+    ("v5p-6", {}, "no v5p slice of 3 chips"),
+    ("h100x12", {}, "a GPU count must be at most 8 (one host) or a multiple of 8"),
+    ("v5p-8", {"mesh.data": 1, "mesh.fsdp": 3}, "mesh data=1 x fsdp=3 x tensor=1 = 3 devices, but 4"),
+    ("v5p-8", {"batch_size": 6}, "batch_size=6 (microbatch 6) is not divisible by the data-parallel size 4"),
+])
+def test_plan_compile_bad_input_is_refused_before_compiling(device, overrides, match):
+    c = load_config("cpt.py", "tiny")
+    c.seq_len = 128
+    for key, value in overrides.items():
+        node, _, leaf = key.rpartition(".")
+        (c[node] if node else c)[leaf] = value
+    with pytest.raises(SolarError, match=re.escape(match)):
+        name, count = plan.parse_device(device)
+        (gpu if name in GPUS else tpu).check_can_compile(name, count)
+        validate(c, count)
 
 
 def test_plan_compile_without_libtpu_is_one_line():
