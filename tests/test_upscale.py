@@ -1,6 +1,7 @@
 """Depth up-scaling on param trees and streamed HF dirs."""
 
 import json
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +10,10 @@ import torch
 import transformers
 
 import solar_jax as sj
+from solar_jax.config_files import load_config
 from solar_jax.errors import SolarError
 from solar_jax.surgery.upscale import Slice, parse_slices
+from solar_jax.training.loop import train_and_evaluate
 from tests.conftest import make_tiny_hf, run_command
 from tests.test_hf_io import hf_tensors
 
@@ -228,10 +231,12 @@ def test_training_only_the_new_layers_leaves_everything_else_as_loaded(tmp_path)
         assert not np.array_equal(trained[new], value[new]), path
 
 
-def test_training_only_the_new_layers_needs_repeated_layers():
-    r = run_command("solar_jax.train", "--config=configs/cpt.py:tiny", "--config.workdir=/tmp/never-made",
-                    "--config.upscale_m=-1", "--config.upscale_train=new")
-    assert r.returncode == 2 and r.stderr.startswith("error: upscale_train=new trains only the repeated layers")
-    r = run_command("solar_jax.train", "--config=configs/cpt.py:tiny", "--config.workdir=/tmp/never-made",
-                    "--config.upscale_train=some")
-    assert r.returncode == 2 and r.stderr.strip() == "error: unknown upscale_train 'some'; known: all, new"
+def test_training_only_the_new_layers_needs_repeated_layers(tmp_path):
+    # in this process: the train command's exit-2 edge is test_layout's
+    for values, message in ((dict(upscale_m=-1, upscale_train="new"), "upscale_train=new trains only the repeated layers"),
+                            (dict(upscale_train="some"), "unknown upscale_train 'some'; known: all, new")):
+        c = load_config("cpt.py", "tiny")
+        c.update(values)
+        with pytest.raises(SolarError, match=re.escape(message)):
+            train_and_evaluate(c, str(tmp_path / "run"))
+        assert not (tmp_path / "run").exists()
