@@ -74,7 +74,7 @@ def get_config(arg=None):
                                                   num_sequences=64, seq_len=256, batch_size=16))
     # m = 8 passes the base within ~8 steps here: evaluate often, train briefly.
     c.cpt = ml_collections.ConfigDict(dict(num_steps=40, batch_size=4, seq_len=128, learning_rate=1e-4,
-                                           warmup_steps=4, eval_every=4, eval_batches=6, checkpoint_every=40))
+                                           warmup_steps=4, eval_every=4, eval_batches=6))
     c.average_weights = "0,0.25,0.5,0.75,1"
     c.slerp_t = 0.5
     c.eval = ml_collections.ConfigDict(dict(loss_batches=8, math_problems=16, pairs=30, max_new_tokens=64,
@@ -84,8 +84,7 @@ def get_config(arg=None):
         c.seam_m = "8,0"
         c.arms = "identity,seam"
         c.diagnostic.update(num_sequences=4, seq_len=64, batch_size=4)
-        c.cpt.update(num_steps=2, batch_size=2, seq_len=64, warmup_steps=1, eval_every=1, eval_batches=1,
-                     checkpoint_every=2)
+        c.cpt.update(num_steps=2, batch_size=2, seq_len=64, warmup_steps=1, eval_every=1, eval_batches=1)
         c.average_weights = "0,0.5,1"
         c.eval.update(loss_batches=1, math_problems=2, pairs=2, max_new_tokens=8, batch_size=2, num_builtin=16)
     elif variant != "default":

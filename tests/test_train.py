@@ -258,6 +258,17 @@ def test_config_errors_before_compiling(tmp_path, capsys, values, match):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_without_checkpoints_exports_and_leaves_no_step(tmp_path):
+    # checkpoint_every=0: the pipelines' stage runs (their next stage reads the HF export)
+    result = train_and_evaluate(tiny(num_steps=2, checkpoint_every=0), tmp_path / "run")
+    assert result["status"] == "completed" and result["step"] == 2
+    assert (tmp_path / "run" / "hf" / "config.json").exists()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
+    with pytest.raises(SolarError, match="checkpoint_every must be positive, or 0 for no checkpoints; got -1"):
+        validate(tiny(checkpoint_every=-1), num_devices=1)
+
+
 def test_batch_not_divisible_by_data_parallel_size():
     with pytest.raises(SolarError, match="data-parallel size 4"):
         validate(tiny(batch_size=6), num_devices=4)

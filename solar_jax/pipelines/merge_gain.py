@@ -98,7 +98,7 @@ def sft_configs(c, base_dir: str, out: Path, docs_files: tuple[str, str]) -> dic
     a on the built-in Synth. Math-Instruct, b on the docs QA files."""
     common = dict(model_dir=base_dir, num_steps=c.sft.num_steps, batch_size=c.sft.batch_size, seq_len=c.seq_len,
                   learning_rate=c.sft.learning_rate, warmup_steps=c.sft.warmup_steps, template=c.template,
-                  eval_every=c.sft.num_steps, checkpoint_every=c.sft.num_steps, eval_batches=2, seed=c.seed)
+                  eval_every=c.sft.num_steps, eval_batches=2, seed=c.seed)
     runs = dict(a=stage_config("sft.py", common, workdir=str(out / "candidate_a"), num_builtin=c.num_builtin),
                 b=stage_config("sft.py", common, workdir=str(out / "candidate_b")))
     runs["b"].data.train_files, runs["b"].data.eval_files = docs_files
@@ -109,7 +109,7 @@ def dpo_config(c, model_dir: str, out: Path):
     """Candidate A's optional DPO on Synth. Math-Alignment (configs/dpo.py)."""
     return stage_config("dpo.py", dict(c.dpo_a), model_dir=model_dir, workdir=str(out / "candidate_a_dpo"),
                         seq_len=c.seq_len, template=c.template, seed=c.seed, num_builtin=c.num_builtin,
-                        eval_every=c.dpo_a.num_steps, checkpoint_every=c.dpo_a.num_steps, eval_batches=2)
+                        eval_every=c.dpo_a.num_steps, eval_batches=2)
 
 
 def _train(cfg) -> dict[str, Any]:

@@ -43,7 +43,8 @@ _NESTED = {"num_builtin": "data.num_builtin", "beta": "dpo.beta", "reference": "
 
 
 def stage_config(config_file: str, overrides, **extra):
-    """configs/FILE's default run config with a recipe stage's overrides."""
+    """configs/FILE's default run config with a recipe stage's overrides, and no checkpoints:
+    a pipeline's stage run is not resumed, the next stage reads its HF export."""
     c = load_config(config_file)
     for key, value in {**dict(overrides), **extra}.items():
         node, *path = _NESTED.get(key, key).split(".")
@@ -51,7 +52,7 @@ def stage_config(config_file: str, overrides, **extra):
             c[node][path[0]] = value
         else:
             c[node] = value
-    c.keep_checkpoints = 1
+    c.checkpoint_every = 0
     return c
 
 

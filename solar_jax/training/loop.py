@@ -294,12 +294,14 @@ def _loop(c, run: _Run, config: ModelConfig, num_devices: int) -> dict[str, Any]
             bar.set_postfix(_postfix(row), refresh=False)
             result.update(step=step, loss=loss)
             preempted = preemption.reached(step)
-            if step % c.checkpoint_every == 0 or step == c.num_steps or preempted:
+            checkpoints = c.checkpoint_every > 0
+            if checkpoints and (step % c.checkpoint_every == 0 or step == c.num_steps or preempted):
                 run.checkpointer.save(step, run.state, run.train_iter, run.meta, force=True)
                 run.sync()  # a remote workdir gets the metrics up to this checkpoint
             if preempted:
                 run.checkpointer.wait()
-                _say(f"SIGTERM: saved a checkpoint at step {step} in {run.checkpointer.directory}; exiting")
+                _say(f"SIGTERM: saved a checkpoint at step {step} in {run.checkpointer.directory}; exiting"
+                     if checkpoints else f"SIGTERM: stopped at step {step} with no checkpoint (checkpoint_every=0)")
                 result["status"] = "preempted"
                 break
     except BaseException:

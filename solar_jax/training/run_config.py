@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.attention_impl = "auto"  # auto (splash on TPU, cudnn on GPU, xla elsewhere) | xla | cudnn | splash
     c.memory_check = True  # refuse, before compiling, a config the memory planner says cannot fit
     c.checkpoint_dir = ""  # "" = workdir/checkpoints; a path every host sees (NFS, gs://bucket/...)
+    # 0: no checkpoints (the run cannot resume; its HF export is what it keeps): the pipelines'
+    # stage runs, whose checkpoints nothing reads (a 44-layer SmolLM2 state is 2.2 GB a save).
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
     c.async_checkpoint = True
@@ -155,10 +157,11 @@ def check_seq_len(c: ml_collections.ConfigDict, max_positions: int) -> None:
 def validate(c: ml_collections.ConfigDict, num_devices: int, max_positions: int | None = None) -> None:
     """Config errors caught before compiling, each with one clear line."""
     check_keys(c)
-    for key in ("num_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "eval_every", "log_every",
-                "scan_unroll"):
+    for key in ("num_steps", "batch_size", "grad_accum_steps", "eval_every", "log_every", "scan_unroll"):
         if c[key] <= 0:
             raise SolarError(f"{key} must be positive, got {c[key]}")
+    if c.checkpoint_every < 0:
+        raise SolarError(f"checkpoint_every must be positive, or 0 for no checkpoints; got {c.checkpoint_every}")
     if c.seq_len < 2:
         raise SolarError(f"seq_len must be at least 2, got {c.seq_len}")
     if c.dtype not in DTYPES:
