@@ -1,6 +1,7 @@
 """Bad input is one line, faults are survived, nothing is silently wrong: one test per class
 of case (the safetensors reader has its own differential fuzz in test_safetensors_fuzz.py)."""
 
+import importlib
 import json
 import os
 import re
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_command
+from solar_jax.config_files import load_config
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.models.config import ModelConfig
 from solar_jax.data import text as text_lib
 from solar_jax.data import tokenizers as tokenizer_lib
 from solar_jax.data import sft_data, task_data
+from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.checkpoint import _chain_text, _write_failure_reason, check_free_space
 from solar_jax.training.metrics import MetricsWriter, read_metrics
 from solar_jax.training.runs import read_run_record
@@ -60,10 +63,11 @@ def test_a_broken_config_json_is_one_line(tiny_hf, tmp_path, edit, match):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(SolarError, match=match):
         ModelConfig.from_hf_config(config)
-    r = run_command("solar_jax.convert", f"--config.model_dir={broken}", f"--config.output_dir={tmp_path / 'out'}",
-                    timeout=120)
-    assert match in _one_line(r)
-    assert not (tmp_path / "out").exists()
+    if "num_hidden_layers" in match:  # the command's one line, once
+        r = run_command("solar_jax.convert", f"--config.model_dir={broken}", f"--config.output_dir={tmp_path / 'out'}",
+                        timeout=120)
+        assert match in _one_line(r)
+        assert not (tmp_path / "out").exists()
 
 
 def test_unreadable_data_files_name_themselves(tmp_path):
@@ -93,19 +97,25 @@ def test_a_workdir_that_is_a_file_and_an_unknown_variant_are_one_line(tmp_path):
 
 
 def test_merge_parameters_are_checked_against_their_meaning(tiny_hf, tmp_path):
+    # the merge command's main, in this process (its exit-2 edge is test_layout's); the module,
+    # not the package's deprecated sj.merge function of the same name
+    merge_command = importlib.import_module("solar_jax.merge")
     _, a = tiny_hf("llama_gqa")
+
+    def merge(**values):
+        c = load_config("merge.py")
+        c.update(values)
+        merge_command.main(c)
+
     for t in ("1.5", "-0.3"):
-        r = run_command("solar_jax.merge", "--config.method=slerp", f"--config.model_dir={a},{a}", f"--config.t={t}",
-                        f"--config.output_dir={tmp_path / 'out'}", timeout=120)
-        assert "slerp t must be in [0, 1]" in _one_line(r)
+        with pytest.raises(SolarError, match=re.escape("slerp t must be in [0, 1]")):
+            merge(method="slerp", model_dir=f"{a},{a}", t=t, output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     # Negative weights are meaningful for the task-vector methods (task negation).
     base = tmp_path / "base"
     shutil.copytree(a, base)
-    r = run_command("solar_jax.merge", "--config.method=task_arithmetic", f"--config.base={base}",
-                    f"--config.model_dir={a}", "--config.weights=-0.5", f"--config.output_dir={tmp_path / 'neg'}",
-                    timeout=120)
-    assert r.returncode == 0, r.stderr
+    merge(method="task_arithmetic", base=str(base), model_dir=str(a), weights="-0.5", output_dir=str(tmp_path / "neg"))
+    assert list((tmp_path / "neg").glob("*.safetensors"))
 
 
 def test_rows_whose_prompts_are_all_empty_are_refused_and_some_are_counted():
@@ -153,14 +163,18 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(tmp_p
 
 def test_a_failed_start_leaves_nothing_and_a_finished_run_says_so(tmp_path):
     workdir = tmp_path / "run"
-    r = run_command(*TRAIN, f"--config.workdir={workdir}", f"--config.data.train_files={tmp_path / 'none.txt'}")
-    _one_line(r)
+    c = load_config("cpt.py", "tiny")
+    c.upscale_m = -1
+    c.data.train_files = str(tmp_path / "none.txt")
+    with pytest.raises(SolarError, match="does not exist"):
+        train_and_evaluate(c, str(workdir))
     assert not workdir.exists()
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     workdir.mkdir()
-    r = run_command(*TRAIN, f"--config.workdir={workdir}", f"--config.data.train_files={empty}")
-    assert "training data is empty" in _one_line(r)
+    c.data.train_files = str(empty)
+    with pytest.raises(SolarError, match="training data is empty"):
+        train_and_evaluate(c, str(workdir))
     assert list(workdir.iterdir()) == []  # no run.json, no empty checkpoints/: the next run is not blocked
     flags = [f"--config.workdir={workdir}", "--config.num_steps=2", "--config.export.enabled=False"]
     assert run_command(*TRAIN, *flags).returncode == 0
