@@ -1,5 +1,6 @@
 """The training engine on the tiny config: loss, sharding, resume, preemption, packing."""
 
+import importlib
 import json
 import os
 import re
@@ -153,7 +154,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert all(np.array_equal(x[k], y[k]) for k in x)
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, capsys):
     workdir = tmp_path / "run"
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", *_train_cmd(workdir, "--config.num_steps=100000",
@@ -175,20 +176,21 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert "SIGTERM: saved a checkpoint at step" in out
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] >= 3
-    resumed = run_command(*_train_cmd(workdir, f"--config.num_steps={saved[-1] + 2}"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from" in resumed.stdout and f"at step {saved[-1]}" in resumed.stdout
+    # The resumes in this process (the command's exit-2 line for a refused resume: above).
+    capsys.readouterr()
+    train_and_evaluate(tiny(num_steps=saved[-1] + 2), workdir)
+    resumed = capsys.readouterr().out
+    assert "resumed from" in resumed and f"at step {saved[-1]}" in resumed
     assert max(losses(workdir)) == saved[-1] + 2
-    # Resuming with other batches is refused in one line; a change named in resume_changes
-    # is accepted and recorded in run.json.
-    changed = run_command(*_train_cmd(workdir, f"--config.num_steps={saved[-1] + 3}", "--config.seq_len=32"))
-    assert changed.returncode == 2 and changed.stderr == (
-        f"error: resuming {workdir} with a changed seq_len 64 -> 32: start another workdir, or accept the change "
-        "with --config.resume_changes=seq_len (recorded in run.json)\n"), changed.stderr[-2000:]
-    accepted = run_command(*_train_cmd(workdir, f"--config.num_steps={saved[-1] + 3}", "--config.seed=7",
-                                       "--config.resume_changes=seed"))
-    assert accepted.returncode == 0, accepted.stderr[-2000:]
-    assert "resuming with accepted changes: seed 0 -> 7" in accepted.stdout
+    # Resuming with other batches is refused; a change named in resume_changes is accepted and
+    # recorded in run.json.
+    with pytest.raises(SolarError) as refused:
+        train_and_evaluate(tiny(num_steps=saved[-1] + 3, seq_len=32), workdir)
+    assert str(refused.value) == (
+        f"resuming {workdir} with a changed seq_len 64 -> 32: start another workdir, or accept the change "
+        "with --config.resume_changes=seq_len (recorded in run.json)")
+    train_and_evaluate(tiny(num_steps=saved[-1] + 3, seed=7, resume_changes="seed"), workdir)
+    assert "resuming with accepted changes: seed 0 -> 7" in capsys.readouterr().out
     record = json.loads((workdir / "run.json").read_text())
     assert record["config"]["seed"] == 7 and record["resume_changes"][0]["changed"] == {"seed": [0, 7]}
     assert record["resume_changes"][0]["at_step"] == saved[-1] + 2
@@ -282,27 +284,34 @@ def test_empty_dataset(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path, capsys):
     workdir = tmp_path / "run"
-    first = run_command(*_train_cmd(workdir, "--config.num_steps=4", "--config.checkpoint_every=2"))
-    assert first.returncode == 0, first.stderr
+    train_and_evaluate(tiny(num_steps=4, checkpoint_every=2), workdir)
     latest = workdir / "checkpoints" / "4"
     for f in (latest / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\x00garbage" * 8)
-    r = run_command(*_train_cmd(workdir, "--config.num_steps=6", "--config.checkpoint_every=2"))
-    assert r.returncode == 0, r.stderr
-    assert "checkpoint at step 4" in r.stdout and "unreadable" in r.stdout
-    assert "resumed from" in r.stdout and "at step 2" in r.stdout
+    capsys.readouterr()
+    train_and_evaluate(tiny(num_steps=6, checkpoint_every=2), workdir)
+    out = capsys.readouterr().out
+    assert "checkpoint at step 4" in out and "unreadable" in out
+    assert "resumed from" in out and "at step 2" in out
 
 
 def test_export_command_and_merging_training_runs(tmp_path):
+    # The runs, the exports and the merges in this process (the commands' mains); the export
+    # command once as a user runs it.
+    export, merge = (importlib.import_module(f"solar_jax.{name}") for name in ("export", "merge"))
+
+    def command(module, file, **values):
+        c = load_config(file)
+        c.update(values)
+        module.main(c)
+
     runs = []
     for seed in (0, 1):
         workdir = tmp_path / f"run{seed}"
-        r = run_command(*_train_cmd(workdir, "--config.num_steps=2", "--config.checkpoint_every=1",
-                                    f"--config.seed={seed}", "--config.export.enabled=False"))
-        assert r.returncode == 0, r.stderr
+        train_and_evaluate(tiny(num_steps=2, checkpoint_every=1, seed=seed, **{"export.enabled": False}), workdir)
         runs.append(workdir)
     out = tmp_path / "exported"
     r = run_command("solar_jax.export", f"--config.workdir={runs[0]}", f"--config.output_dir={out}", "--config.step=1")
@@ -311,18 +320,14 @@ def test_export_command_and_merging_training_runs(tmp_path):
     import transformers
 
     assert transformers.AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 4
-    r = run_command("solar_jax.export", f"--config.workdir={runs[0]}", f"--config.output_dir={tmp_path / 'x'}",
-                    "--config.step=7")
-    assert r.returncode == 2 and "no checkpoint at step 7" in r.stderr
+    with pytest.raises(SolarError, match="no checkpoint at step 7"):
+        command(export, "export.py", workdir=str(runs[0]), output_dir=str(tmp_path / "x"), step=7)
     # Merge two runs' checkpoints directly, and the same runs through their HF exports: equal.
     for i, run in enumerate(runs):
-        r = run_command("solar_jax.export", f"--config.workdir={run}", f"--config.output_dir={tmp_path / f'hf{i}'}")
-        assert r.returncode == 0, r.stderr
+        command(export, "export.py", workdir=str(run), output_dir=str(tmp_path / f"hf{i}"))
     direct, via_hf = tmp_path / "m-direct", tmp_path / "m-hf"
     for models, target in ((f"{runs[0]},{runs[1]}", direct), (f"{tmp_path / 'hf0'},{tmp_path / 'hf1'}", via_hf)):
-        r = run_command("solar_jax.merge", "--config.method=slerp", f"--config.model_dir={models}", "--config.t=0.3",
-                        f"--config.output_dir={target}")
-        assert r.returncode == 0, r.stderr
+        command(merge, "merge.py", method="slerp", model_dir=models, t="0.3", output_dir=str(target))
     x, y = hf_tensors(direct), hf_tensors(via_hf)
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
 
