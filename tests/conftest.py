@@ -3,6 +3,7 @@
 8 fake CPU devices are set before jax is imported, so sharded code paths run here.
 """
 
+import importlib
 import os
 import tempfile
 
@@ -192,3 +193,12 @@ from solar_jax.config_files import load_config, set_keys  # noqa: E402,F401  con
 def override(c, **values):
     """Sets config keys given as dotted names: override(c, **{"data.num_builtin": 8})."""
     return set_keys(c, values)
+
+
+def run_main(command: str, **values) -> None:
+    """`python -m solar_jax.COMMAND` in this process: the command module's main on
+    configs/COMMAND.py with values (dotted keys), without the process edge (exit codes, one
+    line), which test_layout checks once per command. The module is imported by name: the
+    package's deprecated sj.merge function shadows the attribute solar_jax.merge."""
+    module = importlib.import_module(f"solar_jax.{command}")
+    module.main(override(load_config(f"{command}.py"), **values))

@@ -1,7 +1,6 @@
 """Bad input is one line, faults are survived, nothing is silently wrong: one test per class
 of case (the safetensors reader has its own differential fuzz in test_safetensors_fuzz.py)."""
 
-import importlib
 import json
 import os
 import re
@@ -15,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_command
+from conftest import REPO, run_command, run_main
 from solar_jax.config_files import load_config
 from solar_jax.errors import RunFailed, SolarError
 from solar_jax.models.config import ModelConfig
@@ -97,24 +96,17 @@ def test_a_workdir_that_is_a_file_and_an_unknown_variant_are_one_line(tmp_path):
 
 
 def test_merge_parameters_are_checked_against_their_meaning(tiny_hf, tmp_path):
-    # the merge command's main, in this process (its exit-2 edge is test_layout's); the module,
-    # not the package's deprecated sj.merge function of the same name
-    merge_command = importlib.import_module("solar_jax.merge")
+    # the merge command's main, in this process (its exit-2 edge is test_layout's)
     _, a = tiny_hf("llama_gqa")
-
-    def merge(**values):
-        c = load_config("merge.py")
-        c.update(values)
-        merge_command.main(c)
-
     for t in ("1.5", "-0.3"):
         with pytest.raises(SolarError, match=re.escape("slerp t must be in [0, 1]")):
-            merge(method="slerp", model_dir=f"{a},{a}", t=t, output_dir=str(tmp_path / "out"))
+            run_main("merge", method="slerp", model_dir=f"{a},{a}", t=t, output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     # Negative weights are meaningful for the task-vector methods (task negation).
     base = tmp_path / "base"
     shutil.copytree(a, base)
-    merge(method="task_arithmetic", base=str(base), model_dir=str(a), weights="-0.5", output_dir=str(tmp_path / "neg"))
+    run_main("merge", method="task_arithmetic", base=str(base), model_dir=str(a), weights="-0.5",
+             output_dir=str(tmp_path / "neg"))
     assert list((tmp_path / "neg").glob("*.safetensors"))
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_command
+from conftest import REPO, override, run_command
 from solar_jax.config_files import load_config
 from solar_jax.errors import SolarError
 from solar_jax.hardware import gpu
@@ -274,11 +274,7 @@ def test_libtpu_flags_are_added_by_name_and_the_users_values_win(monkeypatch):
     ("v5p-8", {"batch_size": 6}, "batch_size=6 (microbatch 6) is not divisible by the data-parallel size 4"),
 ])
 def test_plan_compile_bad_input_is_refused_before_compiling(device, overrides, match):
-    c = load_config("cpt.py", "tiny")
-    c.seq_len = 128
-    for key, value in overrides.items():
-        node, _, leaf = key.rpartition(".")
-        (c[node] if node else c)[leaf] = value
+    c = override(load_config("cpt.py", "tiny"), seq_len=128, **overrides)
     with pytest.raises(SolarError, match=re.escape(match)):
         name, count = plan.parse_device(device)
         (gpu if name in GPUS else tpu).check_can_compile(name, count)

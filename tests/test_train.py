@@ -1,6 +1,5 @@
 """The training engine on the tiny config: loss, sharding, resume, preemption, packing."""
 
-import importlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from solar_jax.training.metrics import read_metrics
 from solar_jax.errors import SolarError
 from solar_jax.training.loop import train_and_evaluate
 from solar_jax.training.run_config import validate
-from tests.conftest import REPO, checkpoint_saved, kill_once, load_config, override, run_command
+from tests.conftest import REPO, checkpoint_saved, kill_once, load_config, override, run_command, run_main
 from tests.test_hf_io import hf_tensors
 
 
@@ -301,13 +300,6 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path, capsys):
 def test_export_command_and_merging_training_runs(tmp_path):
     # The runs, the exports and the merges in this process (the commands' mains); the export
     # command once as a user runs it.
-    export, merge = (importlib.import_module(f"solar_jax.{name}") for name in ("export", "merge"))
-
-    def command(module, file, **values):
-        c = load_config(file)
-        c.update(values)
-        module.main(c)
-
     runs = []
     for seed in (0, 1):
         workdir = tmp_path / f"run{seed}"
@@ -321,13 +313,13 @@ def test_export_command_and_merging_training_runs(tmp_path):
 
     assert transformers.AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 4
     with pytest.raises(SolarError, match="no checkpoint at step 7"):
-        command(export, "export.py", workdir=str(runs[0]), output_dir=str(tmp_path / "x"), step=7)
+        run_main("export", workdir=str(runs[0]), output_dir=str(tmp_path / "x"), step=7)
     # Merge two runs' checkpoints directly, and the same runs through their HF exports: equal.
     for i, run in enumerate(runs):
-        command(export, "export.py", workdir=str(run), output_dir=str(tmp_path / f"hf{i}"))
+        run_main("export", workdir=str(run), output_dir=str(tmp_path / f"hf{i}"))
     direct, via_hf = tmp_path / "m-direct", tmp_path / "m-hf"
     for models, target in ((f"{runs[0]},{runs[1]}", direct), (f"{tmp_path / 'hf0'},{tmp_path / 'hf1'}", via_hf)):
-        command(merge, "merge.py", method="slerp", model_dir=models, t="0.3", output_dir=str(target))
+        run_main("merge", method="slerp", model_dir=models, t="0.3", output_dir=str(target))
     x, y = hf_tensors(direct), hf_tensors(via_hf)
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
 

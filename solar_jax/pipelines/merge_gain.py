@@ -114,7 +114,7 @@ def dpo_config(c, model_dir: str, out: Path):
 
 def _train(cfg) -> dict[str, Any]:
     result = train_and_evaluate(cfg, cfg.workdir, verbose=False)
-    shutil.rmtree(Path(cfg.workdir) / "checkpoints", ignore_errors=True)  # the HF export is the artefact
+    shutil.rmtree(Path(cfg.workdir) / "checkpoints", ignore_errors=True)  # orbax made it; empty (checkpoint_every=0)
     return result
 
 

@@ -138,7 +138,7 @@ def run_recipe(r) -> dict[str, Any]:
 
     def trained(name: str, c) -> Path:
         result = train_and_evaluate(c, c.workdir, verbose=False)
-        shutil.rmtree(Path(c.workdir) / "checkpoints", ignore_errors=True)  # the HF export is the artefact
+        shutil.rmtree(Path(c.workdir) / "checkpoints", ignore_errors=True)  # orbax made it; empty (checkpoint_every=0)
         results["runs"][name] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, dict))}
         return Path(result["export_dir"])
 

@@ -190,7 +190,7 @@ def run(c) -> dict[str, Any]:
         cfg.export.enabled = False
         start = time.perf_counter()
         train_and_evaluate(cfg, cfg.workdir, verbose=False)
-        shutil.rmtree(out / arm.name / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / arm.name / "checkpoints", ignore_errors=True)  # orbax made it; empty (checkpoint_every=0)
         curve = [(r["step"], r["eval_loss"]) for r in read_metrics(out / arm.name / "metrics.jsonl") if "eval_loss" in r]
         entry = dict(name=arm.name, label=arm.label, layers=arm.layers, overrides=arm.overrides,
                      mismatch=arm.mismatch, curve=curve, initial=curve[0][1], final=curve[-1][1],
